@@ -1,0 +1,100 @@
+"""Atomic output: write beside the target under a temporary name, then rename over it.
+
+A reader never sees a half-written file, an interrupted run leaves the previous output intact, and
+no output may land on one of the inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from ..errors import OutputError
+
+__all__ = ["atomic_path", "atomic_directory", "refuse_overwriting_inputs"]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def refuse_overwriting_inputs(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Raise :class:`OutputError` when ``output`` is, or is a folder holding, one of ``inputs``."""
+    out = Path(output)
+    for source in inputs:
+        if source is None:
+            continue
+        src = Path(source)
+        if _same_file(out, src):
+            raise OutputError("refusing to overwrite an input; choose another output path", out)
+        if out.exists() and out.is_dir():
+            with contextlib.suppress(ValueError, OSError):
+                src.resolve().relative_to(out.resolve())
+                raise OutputError(f"refusing to replace a folder that holds the input {src}", out)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path with ``target``'s exact name; on success it is moved onto ``target``.
+
+    The path lies in a hidden temporary folder beside ``target``, so writers that produce
+    companion files (``.mhd`` + ``.raw``, ``.nhdr`` + ``.raw.gz``) can refer to them by their final
+    names: companions are moved first, ``target`` last. On error nothing is moved and ``target``
+    is left as it was.
+    """
+    target = Path(target)
+    parent = target.parent if str(target.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder ({exc.strerror})", parent) from None
+    if target.is_dir():
+        raise OutputError("a folder is in the way of this output file", target)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write in this folder ({exc.strerror})", parent) from None
+    try:
+        yield staging / target.name
+        written = sorted(staging.iterdir(), key=lambda p: p.name == target.name)
+        for item in written:
+            os.replace(item, parent / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``target``; on success it replaces ``target``.
+
+    An existing ``target`` folder is moved aside first and deleted only once the new one is in
+    place, so a failure at any point leaves either the old or the new output, never a mixture.
+    """
+    target = Path(target)
+    parent = target.parent if str(target.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder ({exc.strerror})", parent) from None
+    if target.exists() and not target.is_dir():
+        raise OutputError("a file is in the way of this output folder", target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
+            os.replace(target, old / target.name)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

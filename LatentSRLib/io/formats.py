@@ -1,0 +1,328 @@
+"""Reading and writing every supported format through one pair of functions.
+
+* volumes: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``, ``.mhd``)
+  through SimpleITK; FreeSurfer MGH (``.mgz``, ``.mgh``) through nibabel (SimpleITK has no MGH reader);
+  a DICOM series folder, single and multi-frame DICOM files through pydicom (:mod:`.dicom_read`);
+* 2D images: PNG, JPEG, TIFF (8 and 16 bit; a multi-page TIFF is a volume) through SimpleITK;
+* NumPy ``.npy`` arrays (no geometry: unit spacing, identity direction).
+
+Every reader returns a :class:`MedicalImage` in numpy order with LPS geometry; every writer puts the
+pixels back on the image's own geometry, atomically, and refuses to overwrite an input.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, OutputError
+from .atomic import atomic_path, refuse_overwriting_inputs
+from .image import MedicalImage
+
+__all__ = ["read_image", "write_image", "detect_format", "FORMATS", "output_format"]
+
+#: format name -> file name endings (lower case) it is recognised by
+FORMATS: dict[str, tuple[str, ...]] = {
+    "nifti": (".nii.gz", ".nii"),
+    "nrrd": (".nrrd", ".nhdr"),
+    "metaimage": (".mha", ".mhd"),
+    "mgh": (".mgz", ".mgh"),
+    "png": (".png",),
+    "jpeg": (".jpg", ".jpeg"),
+    "tiff": (".tif", ".tiff"),
+    "numpy": (".npy",),
+    "dicom": (".dcm", ".dicom", ".ima"),
+}
+_ITK_FORMATS = {"nifti", "nrrd", "metaimage", "png", "jpeg", "tiff"}
+_SUPPORTED = "NIfTI, NRRD, MHA/MHD, MGZ, DICOM (file or series folder), PNG, JPEG, TIFF, NPY"
+
+
+def _format_from_name(name: str) -> str | None:
+    lower = name.lower()
+    for fmt, endings in FORMATS.items():
+        if any(lower.endswith(e) for e in endings):
+            return fmt
+    return None
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Format name of an existing ``path``: ``"dicom-series"`` for a folder, else a key of :data:`FORMATS`."""
+    path = Path(path)
+    if path.is_dir():
+        return "dicom-series"
+    fmt = _format_from_name(path.name)
+    if fmt is not None:
+        return fmt
+    from .dicom_read import is_dicom_file
+
+    if is_dicom_file(path):  # DICOM files often have no extension at all
+        return "dicom"
+    raise InputError(f"unknown image format (supported: {_SUPPORTED})", path)
+
+
+# ----------------------------------------------------------------------------------------- reading
+def read_image(path: str | os.PathLike) -> MedicalImage:
+    """Read an image or volume with its geometry.
+
+    Args:
+        path: a file in one of :data:`FORMATS`, or a folder holding a DICOM series.
+
+    Returns:
+        A 2D or 3D :class:`MedicalImage`; ``metadata["format"]`` says how it was read.
+
+    Raises:
+        InputError: missing or unreadable file, unknown format, 4D data, no DICOM images, ...
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file or folder", path)
+    fmt = detect_format(path)
+    if fmt in ("dicom", "dicom-series"):
+        from .dicom_read import read_dicom
+
+        image = read_dicom(path)
+    elif fmt == "mgh":
+        image = _read_mgh(path)
+    elif fmt == "numpy":
+        image = _read_npy(path)
+    else:
+        image = _read_itk(path, fmt)
+    image.path = str(path)
+    image.metadata.setdefault("format", fmt)
+    image.metadata.setdefault("notes", [])
+    return image
+
+
+def _read_itk(path: Path, fmt: str) -> MedicalImage:
+    import SimpleITK as sitk
+
+    try:
+        itk = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"cannot read this {fmt} file ({_first_line(exc)})", path) from None
+    notes: list[str] = []
+    if itk.GetDimension() == 4:
+        itk = _drop_singleton_fourth_axis(itk, path)
+    if itk.GetDimension() not in (2, 3):
+        raise InputError(f"{itk.GetDimension()}D images are not supported", path)
+    if itk.GetNumberOfComponentsPerPixel() > 1:
+        itk, note = _to_grayscale(itk, path)
+        notes.append(note)
+    image = MedicalImage.from_sitk(itk, metadata={"format": fmt, "notes": notes})
+    if image.ndim == 3 and fmt in ("png", "jpeg") and image.shape[0] == 1:
+        image = _squeeze_to_2d(image)
+    return image
+
+
+def _drop_singleton_fourth_axis(itk, path: Path):
+    import SimpleITK as sitk
+
+    size = list(itk.GetSize())
+    if size[3] != 1:
+        raise InputError(
+            f"4D data of size {tuple(size)} (i, j, k, t) where a 3D volume is expected; extract one volume first",
+            path,
+        )
+    size[3] = 0  # ExtractImageFilter collapses axes of size 0
+    return sitk.Extract(itk, size=size, index=[0, 0, 0, 0])
+
+
+def _to_grayscale(itk, path: Path):
+    """Luminance (ITU-R BT.601) of an RGB(A) image; grayscale stored as RGB is returned unchanged."""
+    import SimpleITK as sitk
+
+    channels = itk.GetNumberOfComponentsPerPixel()
+    if channels not in (3, 4):
+        raise InputError(f"images with {channels} components per pixel are not supported", path)
+    array = sitk.GetArrayFromImage(itk)  # (..., channels)
+    rgb = array[..., :3].astype(np.float64)
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
+        gray = array[..., 0]
+        note = "stored as RGB with equal channels: first channel used"
+    else:
+        gray = rgb @ np.array([0.299, 0.587, 0.114])
+        if np.issubdtype(array.dtype, np.integer):
+            info = np.iinfo(array.dtype)
+            gray = np.clip(np.rint(gray), info.min, info.max).astype(array.dtype)
+        else:
+            gray = gray.astype(np.float32)
+        note = "colour image converted to grayscale luminance"
+    out = sitk.GetImageFromArray(gray)
+    out.CopyInformation(sitk.VectorIndexSelectionCast(itk, 0))
+    return out, note
+
+
+def _squeeze_to_2d(image: MedicalImage) -> MedicalImage:
+    return MedicalImage(
+        array=image.array[0],
+        spacing=image.spacing[:2],
+        origin=image.origin[:2],
+        direction=image.direction[:2, :2],
+        metadata=image.metadata,
+    )
+
+
+def _read_mgh(path: Path) -> MedicalImage:
+    import nibabel as nib
+
+    try:
+        mgh = nib.load(str(path))
+        data = np.asanyarray(mgh.dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise InputError(f"cannot read this MGH/MGZ file ({_first_line(exc)})", path) from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"{data.ndim}D MGH data of shape {data.shape} where a 3D volume is expected", path)
+    # nibabel: array in (i, j, k) order with a RAS affine; MedicalImage: (k, j, i) with LPS geometry
+    ras_to_lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    affine = ras_to_lps @ mgh.affine
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    return MedicalImage(
+        array=np.ascontiguousarray(np.transpose(data, (2, 1, 0))),
+        spacing=tuple(spacing),
+        origin=tuple(affine[:3, 3]),
+        direction=affine[:3, :3] / spacing,
+        metadata={"format": "mgh"},
+    )
+
+
+def _read_npy(path: Path) -> MedicalImage:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"cannot read this .npy file ({_first_line(exc)})", path) from None
+    if array.ndim == 4 and 1 in array.shape:
+        array = array.squeeze()
+    if array.ndim not in (2, 3):
+        raise InputError(f"a 2D image or 3D stack is expected, the array has shape {array.shape}", path)
+    n = array.ndim
+    return MedicalImage(
+        array=array,
+        spacing=(1.0,) * n,
+        origin=(0.0,) * n,
+        direction=np.eye(n),
+        metadata={"format": "numpy", "notes": [".npy holds no geometry: unit spacing and identity direction assumed"]},
+    )
+
+
+# ----------------------------------------------------------------------------------------- writing
+def output_format(path: str | os.PathLike, format: str | None = None) -> str:
+    """The format an output path will be written in (``format`` wins over the file name)."""
+    if format is not None:
+        aliases = {"nii": "nifti", "nii.gz": "nifti", "mha": "metaimage", "mgz": "mgh", "dicom-series": "dicom"}
+        fmt = aliases.get(format, format)
+        if fmt not in FORMATS:
+            raise OutputError(f"unknown output format {format!r} (choose from {', '.join(FORMATS)})", path)
+        return fmt
+    fmt = _format_from_name(Path(path).name)
+    if fmt is None:
+        raise OutputError(
+            f"cannot tell the output format from the name; use one of "
+            f"{', '.join(e for es in FORMATS.values() for e in es)} or a folder with format 'dicom'",
+            path,
+        )
+    return fmt
+
+
+def write_image(
+    image: MedicalImage,
+    path: str | os.PathLike,
+    *,
+    format: str | None = None,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    series_description: str = "LatentSR result",
+) -> Path:
+    """Write ``image`` on its own geometry, atomically.
+
+    Args:
+        image: the image to write.
+        path: output file, or output folder for a DICOM series (``format="dicom"`` with no ``.dcm``).
+        format: a key of :data:`FORMATS`; inferred from ``path`` when omitted.
+        inputs: paths that must never be overwritten (``image.path`` is always included).
+        series_description: SeriesDescription of a DICOM output.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    fmt = output_format(path, format)
+    refuse_overwriting_inputs(path, [image.path, *inputs])
+    if fmt == "dicom":
+        from .dicom_write import write_dicom_series
+
+        if path.suffix.lower() in FORMATS["dicom"]:
+            return _write_single_dicom(image, path, series_description, inputs)
+        write_dicom_series(image, path, series_description=series_description, inputs=[image.path, *inputs])
+        return path
+    with atomic_path(path) as tmp:
+        if fmt == "mgh":
+            _write_mgh(image, tmp)
+        elif fmt == "numpy":
+            np.save(tmp, image.array, allow_pickle=False)
+        else:
+            _write_itk(image, tmp, fmt)
+    return path
+
+
+def _write_itk(image: MedicalImage, tmp: Path, fmt: str) -> None:
+    import SimpleITK as sitk
+
+    array = image.array
+    if fmt in ("png", "jpeg"):
+        if image.ndim != 2:
+            raise OutputError(f"{fmt.upper()} holds 2D images; this image is {image.ndim}D", tmp.name)
+        allowed = (np.uint8,) if fmt == "jpeg" else (np.uint8, np.uint16)
+        if array.dtype not in allowed:
+            raise OutputError(
+                f"{fmt.upper()} stores {' or '.join(np.dtype(a).name for a in allowed)} pixels, not {array.dtype}; "
+                "write NIfTI/NRRD/TIFF or convert back to the source dtype first",
+                tmp.name,
+            )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            sitk.WriteImage(image.to_sitk(), str(tmp), useCompression=fmt in ("nifti", "nrrd", "metaimage"))
+        except RuntimeError as exc:
+            raise OutputError(f"cannot write {fmt} ({_first_line(exc)})", tmp.name) from None
+
+
+def _write_mgh(image: MedicalImage, tmp: Path) -> None:
+    import nibabel as nib
+
+    if image.ndim != 3:
+        raise OutputError("MGH/MGZ holds 3D volumes", tmp.name)
+    array = image.array
+    if array.dtype not in (np.uint8, np.int16, np.int32, np.float32):
+        array = array.astype(np.float32)
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+    nib.save(nib.MGHImage(np.transpose(array, (2, 1, 0)), lps_to_ras @ image.index_to_world()), str(tmp))
+
+
+def _write_single_dicom(image: MedicalImage, path: Path, series_description: str, inputs) -> Path:
+    import tempfile
+
+    from .dicom_write import write_dicom_series
+
+    if image.ndim == 3 and image.shape[0] != 1:
+        raise OutputError("a single .dcm file holds one slice; give a folder to write a DICOM series", path)
+    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as staging:
+        files = write_dicom_series(
+            image, Path(staging) / "series", series_description=series_description, inputs=[image.path, *inputs]
+        )
+        with atomic_path(path) as tmp:
+            os.replace(files[0], tmp)
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    """The useful part of a library's error message (ITK's are multi-line with C++ locations)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for line in lines:
+        if "Description:" in line:
+            return line.split("Description:", 1)[1].strip()
+    return lines[-1] if lines else type(exc).__name__

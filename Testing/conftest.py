@@ -1,0 +1,77 @@
+"""Shared fixtures: where the real test data lives, and small helpers.
+
+Real scans sit beside the project at ``../shared/data`` (override with ``LATENTSR_TEST_DATA``);
+tests that need them skip with the reason when the folder is absent. Registry data
+(pydicom's and pydicom-data's files) is always installed with the test extra.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+try:  # one thread per test worker: the suite runs under pytest-xdist on 2 cores
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover - torch is a hard dependency
+    pass
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LATENTSR_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def shared_path(*parts: str) -> Path:
+    """Path inside the shared data folder; skips the calling test when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"test data not available: {path} (set LATENTSR_TEST_DATA to the shared data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def brats_flair() -> Path:
+    return shared_path("brain", "BraTS-GLI-00001-000-t2f.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def brats_t1() -> Path:
+    return shared_path("brain", "BraTS-GLI-00001-000-t1n.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def brats_tumour_mask() -> Path:
+    return shared_path("brain", "BraTS-GLI-00001-000-wt-approx.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def knee_dicom_dir() -> Path:
+    return shared_path("knee", "DESS-01")
+
+
+@pytest.fixture(scope="session")
+def t1_3slice_dir() -> Path:
+    return shared_path("dicom", "t1-3slice")
+
+
+@pytest.fixture(scope="session")
+def cxr_png() -> Path:
+    return shared_path("cxr", "nih-cxr14-00027426_000.png")
+
+
+@pytest.fixture(scope="session")
+def cxr_pngs() -> list[Path]:
+    folder = shared_path("cxr")
+    return sorted(folder.glob("*.png"))
+
+
+def registry_dicom(name: str) -> Path:
+    """A DICOM test file shipped with pydicom or pydicom-data (both installed by the test extra)."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"pydicom test file {name} is not installed")
+    return Path(path)
