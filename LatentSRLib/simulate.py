@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .errors import InputError
 from .io import MedicalImage, check_pixels
 from .transforms.degradations import make_degradation
 from .transforms.intensity import PercentileWindow
@@ -47,8 +48,14 @@ def simulate_low_resolution(
     windowed, window = PercentileWindow(lower_percentile=0.0, upper_percentile=100.0, clip=False)(image.array)
     layout = SliceLayout.for_image(image, plane)
     slices = torch.as_tensor(np.ascontiguousarray(layout.extract(np.asarray(windowed, dtype=np.float32))))
-    degrade = make_degradation(mode, scale, noise=noise, seed=seed, **options)
-    low = degrade(slices[:, None])[:, 0]  # (N, 1, H, W): one channel-first item per slice
+    try:
+        degrade = make_degradation(mode, scale, noise=noise, seed=seed, **options)
+        low = degrade(slices[:, None])[:, 0]  # (N, 1, H, W): one channel-first item per slice
+    except (ValueError, RuntimeError) as exc:  # MONAI's Compose wraps errors in RuntimeError
+        cause = exc if isinstance(exc, ValueError) else exc.__cause__
+        if not isinstance(cause, ValueError):
+            raise
+        raise InputError(f"cannot degrade ({cause})", image.path) from None  # e.g. a scale too large
     low = torch.as_tensor(low).numpy()
     restored = window.invert(layout.assemble(low))
     return image.with_array(

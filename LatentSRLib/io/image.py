@@ -96,6 +96,19 @@ class MedicalImage:
         affine[:n, n] = self.origin
         return affine
 
+    def ijk_to_ras(self) -> np.ndarray:
+        """The 4x4 IJK-to-RAS matrix of this volume (what a Slicer volume node holds)."""
+        if self.ndim != 3:
+            raise ValueError("IJK-to-RAS is defined for 3D volumes")
+        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ self.index_to_world()
+
+    @classmethod
+    def from_ijk_to_ras(cls, array: np.ndarray, ijk_to_ras: np.ndarray, **kwargs: Any) -> MedicalImage:
+        """A volume from a ``(k, j, i)`` array and a 4x4 IJK-to-RAS matrix (Slicer's convention)."""
+        lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(ijk_to_ras, dtype=np.float64)
+        spacing = np.linalg.norm(lps[:3, :3], axis=0)
+        return cls(array, tuple(spacing), tuple(lps[:3, 3]), lps[:3, :3] / spacing, **kwargs)
+
     def orientation(self) -> str | None:
         """Anatomical axis codes of ``(i, j, k)``, e.g. ``"LPS"`` or ``"RAS"``.
 
