@@ -175,3 +175,51 @@ def test_error_from_the_installed_command(tmp_path):
                           timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "missing.dcm" in done.stderr
+
+
+# ------------------------------------------------------------------------------- every format
+@pytest.fixture(scope="module")
+def small_volume(tmp_path_factory, brats_flair):
+    """A real 3D crop of the BraTS FLAIR (int16, 1 mm), small enough to convert to every format."""
+    from LatentSRLib.io import MedicalImage
+
+    image = read_image(brats_flair)
+    crop = image.array[70:76, 40:200, 40:200]
+    origin = image.index_to_world() @ np.array([40, 40, 70, 1.0])
+    return MedicalImage(crop, image.spacing, origin[:3], image.direction)
+
+
+@pytest.mark.parametrize("name", ["v.nii", "v.nii.gz", "v.nrrd", "v.mha", "v.mhd", "v.mgz", "v.tif", "v.npy"])
+def test_info_and_degrade_on_every_volume_format(capsys, tmp_path, small_volume, name):
+    from LatentSRLib.io import write_image
+
+    source = write_image(small_volume, tmp_path / name)
+    code, out, err = run_cli(capsys, "info", source, "--json")
+    assert code == 0, err
+    assert json.loads(out)["size_ijk"] == [160, 160, 6]
+    target = tmp_path / f"lr-{name}"
+    code, _, err = run_cli(capsys, "degrade", source, "-o", target, "--scale", "4")
+    assert code == 0, err
+    hr, lr = read_image(source), read_image(target)
+    assert lr.has_same_geometry(hr, atol=1e-4) and lr.array.dtype == hr.array.dtype
+    assert not np.array_equal(lr.array, hr.array)
+
+
+@pytest.mark.parametrize("name, output", [("MR_small.dcm", "lr.dcm"), ("CT_small.dcm", "lr.nii.gz"),
+                                          ("emri_small.dcm", "lr-series"), ("RG1_UNCI.dcm", "lr.png"),
+                                          ("emri_small_jpeg_2k_lossless.dcm", "lr.nrrd")])
+def test_info_and_degrade_on_dicom_files(capsys, tmp_path, name, output):
+    source = registry_dicom(name)
+    code, out, err = run_cli(capsys, "info", source, "--json")
+    assert code == 0, err
+    assert "modality" in json.loads(out)
+    code, _, err = run_cli(capsys, "degrade", source, "-o", tmp_path / output, "--scale", "2")
+    if output.endswith(".png"):  # 15-bit CR: PNG cannot hold its int dtype unless it is uint8/uint16
+        hr = read_image(source)
+        if hr.array.dtype not in (np.uint8, np.uint16):
+            _assert_one_line_error(code, err, "lr.png")
+            return
+    assert code == 0, err
+    hr, lr = read_image(source), read_image(tmp_path / output)
+    assert lr.shape == hr.shape
+    assert lr.has_same_geometry(hr, atol=1e-3) or hr.ndim == 2
