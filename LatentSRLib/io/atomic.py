@@ -40,6 +40,23 @@ def refuse_overwriting_inputs(output: str | os.PathLike, inputs: Iterable[str | 
                 raise OutputError(f"refusing to replace a folder that holds the input {src}", out)
 
 
+def _ensure_parent(target: Path) -> Path:
+    parent = target.parent if str(target.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder ({exc.strerror})", parent) from None
+    return parent
+
+
+def _staging_folder(target: Path, parent: Path) -> Path:
+    """A hidden temporary folder beside ``target`` (same file system, so renames are atomic)."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write in this folder ({exc.strerror})", parent) from None
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path with ``target``'s exact name; on success it is moved onto ``target``.
@@ -50,17 +67,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     is left as it was.
     """
     target = Path(target)
-    parent = target.parent if str(target.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the output folder ({exc.strerror})", parent) from None
+    parent = _ensure_parent(target)
     if target.is_dir():
         raise OutputError("a folder is in the way of this output file", target)
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write in this folder ({exc.strerror})", parent) from None
+    staging = _staging_folder(target, parent)
     try:
         yield staging / target.name
         written = sorted(staging.iterdir(), key=lambda p: p.name == target.name)
@@ -78,14 +88,10 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     place, so a failure at any point leaves either the old or the new output, never a mixture.
     """
     target = Path(target)
-    parent = target.parent if str(target.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the output folder ({exc.strerror})", parent) from None
+    parent = _ensure_parent(target)
     if target.exists() and not target.is_dir():
         raise OutputError("a file is in the way of this output folder", target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    tmp = _staging_folder(target, parent)
     try:
         yield tmp
         old = None
