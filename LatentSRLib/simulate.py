@@ -33,7 +33,7 @@ def simulate_low_resolution(
 
     Args:
         image: a 2D image or 3D volume (any real dtype).
-        mode: a key of :data:`~LatentSRLib.transforms.degradations.DEGRADATION_MODES`.
+        mode: a key of :data:`~LatentSRLib.tasks.DEGRADATION_MODES`.
         scale: integer resolution factor.
         noise: standard deviation of added noise, as a fraction of the intensity range.
         seed: seed of the noise (results are reproducible for a given seed).

@@ -34,6 +34,8 @@ from monai.transforms import Compose, MapTransform, Randomizable, RandGaussianNo
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple
 from scipy.signal import windows as _windows
 
+from ..tasks import DEGRADATION_MODES
+
 __all__ = [
     "DEGRADATION_MODES",
     "AddNoise",
@@ -47,11 +49,6 @@ __all__ = [
     "make_degradation",
 ]
 
-DEGRADATION_MODES: dict[str, str] = {
-    "sr": "antialiased bicubic down-sampling by `scale`, bicubic up-sampling back (paper: BraTS, chest X-ray, 4x)",
-    "refine": "Gaussian blur (sigma, default 1 px), down-sampling by `scale` and back up (paper: knee MRNet, 2x)",
-    "kspace": "keep the central 1/scale of k-space per in-plane axis (optional hamming/tukey taper), magnitude image",
-}
 
 NOISE_KINDS = ("gaussian", "rician")
 TAPERS = (None, "hamming", "tukey")
