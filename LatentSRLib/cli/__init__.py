@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import LatentSRError
-from . import degrade, info
+from . import degrade, info, screen
 
-SUBCOMMANDS = (info, degrade)
+SUBCOMMANDS = (info, degrade, screen)
 
 
 def build_parser() -> argparse.ArgumentParser:

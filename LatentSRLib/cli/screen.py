@@ -1,0 +1,48 @@
+"""``latentsr screen INPUT... --vae SPEC [--vae SPEC ...] -o OUTDIR``: the AE ceiling of each VAE."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "screen",
+        help="screen autoencoders by their encode-decode fidelity on your images (no training)",
+        description="Encode and decode every slice or image with each autoencoder and score it against the "
+        "true image (PSNR, SSIM, MS-SSIM, LPIPS, Haar subband PSNR). Writes per_image.csv, summary.json, "
+        "summary.md, subband_fingerprint.png and examples.png. Specs: diffusers:<hub id or folder>, "
+        "tiny:<hub id, folder or ENC.pth,DEC.pth>, monai:<folder>, medvae:<name>.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="volumes, images, DICOM series folders or folders of images")
+    parser.add_argument("--vae", action="append", required=True, metavar="SPEC", help="autoencoder spec (repeat)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="run folder")
+    parser.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default="axial",
+                        help="plane of the slices of volumes (default axial)")
+    parser.add_argument("--size", type=int, default=256, help="model grid size in pixels (default 256)")
+    parser.add_argument("--fit", choices=("pad", "stretch"), default="pad",
+                        help="pad keeps the physical aspect ratio; stretch resizes as the paper did")
+    parser.add_argument("--max-slices", type=int, default=None, metavar="N",
+                        help="at most N evenly spaced slices per volume (default all)")
+    parser.add_argument("--min-foreground", type=float, default=0.05,
+                        help="drop slices with less than this fraction of non-background pixels (default 0.05)")
+    parser.add_argument("--batch-size", type=int, default=8, help="slices per pass (default 8)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cuda, cpu, ...")
+    parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..screening import screen_autoencoders
+    from ..slice_source import SliceSelection
+
+    selection = SliceSelection(plane=args.axis, size=(args.size, args.size), fit=args.fit,
+                               max_slices_per_source=args.max_slices, min_foreground=args.min_foreground)
+    result = screen_autoencoders(args.inputs, args.vae, args.output, selection=selection,
+                                 batch_size=args.batch_size, device=args.device, lpips=not args.no_lpips,
+                                 seed=args.seed)
+    print((result.outdir / "summary.md").read_text())
+    print(f"wrote {result.outdir}")
+    return 0
