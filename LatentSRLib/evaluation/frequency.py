@@ -48,7 +48,7 @@ from typing import Literal
 import numpy as np
 import pywt
 
-from .metrics import as_image_batch
+from .metrics import as_image_batch, as_image_pair, check_data_range
 
 __all__ = [
     "SUBBANDS",
@@ -130,13 +130,8 @@ def haar_subband_psnr(
     """
     if peak not in ("theoretical", "target_max"):
         raise ValueError(f"peak must be 'theoretical' or 'target_max', got {peak!r}")
-    p = as_image_batch(prediction, "prediction")
-    t = as_image_batch(target, "target")
-    if p.shape != t.shape:
-        raise ValueError(f"prediction {tuple(p.shape)} and target {tuple(t.shape)} differ in shape")
-    data_range = float(data_range)
-    if not np.isfinite(data_range) or data_range <= 0:
-        raise ValueError(f"data_range must be a positive finite number, got {data_range!r}")
+    p, t = as_image_pair(prediction, target)
+    data_range = check_data_range(data_range)
     pred_bands = haar_subbands(p, levels)
     true_bands = haar_subbands(t, levels)
     result: dict[str, np.ndarray] = {}

@@ -78,7 +78,8 @@ def as_image_batch(images: np.ndarray | torch.Tensor, name: str = "images") -> t
     return t
 
 
-def _pair(prediction, target) -> tuple[torch.Tensor, torch.Tensor]:
+def as_image_pair(prediction, target) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both inputs as ``(B, 1, H, W)`` float64 tensors on the prediction's device; shapes must match."""
     p = as_image_batch(prediction, "prediction")
     t = as_image_batch(target, "target")
     if p.shape != t.shape:
@@ -86,7 +87,8 @@ def _pair(prediction, target) -> tuple[torch.Tensor, torch.Tensor]:
     return p, t.to(p.device)
 
 
-def _check_range(data_range: float) -> float:
+def check_data_range(data_range: float) -> float:
+    """``data_range`` as a positive finite float."""
     value = float(data_range)
     if not np.isfinite(value) or value <= 0:
         raise ValueError(f"data_range must be a positive finite number, got {data_range!r}")
@@ -109,8 +111,8 @@ def psnr(prediction, target, data_range: float = 1.0) -> np.ndarray:
     Returns:
         ``(B,)`` float64 in dB; ``+inf`` where prediction equals target exactly.
     """
-    p, t = _pair(prediction, target)
-    peak = _check_range(data_range)
+    p, t = as_image_pair(prediction, target)
+    peak = check_data_range(data_range)
     scores = peak_signal_noise_ratio(p, t, data_range=peak, reduction="none", dim=(1, 2, 3))
     return _numpy(scores, p.shape[0])
 
@@ -121,8 +123,8 @@ def ssim(prediction, target, data_range: float = 1.0) -> np.ndarray:
     torchmetrics computes the SSIM map on the region the window fully covers and averages it.
     Images need at least 11x11 pixels. Returns ``(B,)`` float64, 1 for identical images.
     """
-    p, t = _pair(prediction, target)
-    peak = _check_range(data_range)
+    p, t = as_image_pair(prediction, target)
+    peak = check_data_range(data_range)
     scores = structural_similarity_index_measure(
         p.float(), t.float(), data_range=peak, kernel_size=SSIM_KERNEL_SIZE, sigma=1.5, reduction="none"
     )
@@ -161,8 +163,8 @@ def ms_ssim(prediction, target, data_range: float = 1.0, warn: bool = True) -> n
     Returns:
         ``(B,)`` float64, 1 for identical images; NaN when the images are too small.
     """
-    p, t = _pair(prediction, target)
-    peak = _check_range(data_range)
+    p, t = as_image_pair(prediction, target)
+    peak = check_data_range(data_range)
     problem = ms_ssim_size_problem(*p.shape[-2:])
     if problem is not None:
         if warn:
@@ -178,7 +180,7 @@ def fidelity_metrics(prediction, target, data_range: float = 1.0) -> dict[str, n
     Each value is a ``(B,)`` float64 array (see the functions for inf/NaN: PSNR is ``inf`` for
     identical images, MS-SSIM NaN for images below 176 px, with a warning).
     """
-    p, t = _pair(prediction, target)
+    p, t = as_image_pair(prediction, target)
     return {
         "psnr": psnr(p, t, data_range),
         "ssim": ssim(p, t, data_range),

@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .metrics import as_image_batch
+from .metrics import as_image_pair, check_data_range
 
 __all__ = ["LPIPS_BACKENDS", "LPIPSMetric"]
 
@@ -213,13 +213,8 @@ class LPIPSMetric:
         """LPIPS of each ``prediction`` against the TRUE image ``target``: ``(B,)`` float64, 0 if identical."""
         if not self.available:
             raise RuntimeError(f"LPIPS is not available here: {self.reason}")
-        p = as_image_batch(prediction, "prediction")
-        t = as_image_batch(target, "target")
-        if p.shape != t.shape:
-            raise ValueError(f"prediction {tuple(p.shape)} and target {tuple(t.shape)} differ in shape")
-        data_range = float(data_range)
-        if not np.isfinite(data_range) or data_range <= 0:
-            raise ValueError(f"data_range must be a positive finite number, got {data_range!r}")
+        p, t = as_image_pair(prediction, target)
+        data_range = check_data_range(data_range)
         out = []
         with torch.inference_mode():
             for start in range(0, p.shape[0], self.batch_size):
