@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import LatentSRError
-from . import degrade, info, screen
+from . import degrade, info, prepare, screen
 
-SUBCOMMANDS = (info, degrade, screen)
+SUBCOMMANDS = (info, degrade, screen, prepare)
 
 
 def build_parser() -> argparse.ArgumentParser:
