@@ -1,7 +1,7 @@
 """Training: prepared SR datasets, batches for MONAI engines, checkpoints, logs and the trainers'
 iteration steps used by the bundle in ``Training/configs``."""
 
-from . import autoencoder, batches, checkpoints, logs, runs
+from . import autoencoder, batches, checkpoints, latent_cache, logs, runs
 from .dataset import DATASET_FORMAT, SPLITS, PreparedDataset, SplitRule, assign_splits, prepare_dataset
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "autoencoder",
     "batches",
     "checkpoints",
+    "latent_cache",
     "logs",
     "prepare_dataset",
     "runs",
