@@ -289,6 +289,12 @@ class ExportAutoencoder:
     def __call__(self, engine=None) -> Path | None:
         if self.rank != 0:
             return None
+        # building networks draws from torch's generator: keep the training's random sequence (and
+        # the state the final checkpoint saves) as if the export had not happened
+        with torch.random.fork_rng(devices=[]):
+            return self._export(engine)
+
+    def _export(self, engine) -> Path:
         net = build_autoencoder(self.config)
         best = self.checkpoint_dir / BEST
         source = "final weights"

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import InputError, OutputError
 from .dataset import PreparedDataset
 
-__all__ = ["attach_handlers", "start_run"]
+__all__ = ["attach_handlers", "start_run", "trainer_state_handlers"]
 
 
 def start_run(dataset_dir: str | os.PathLike | None, output_dir: str | os.PathLike, splits=("train", "val")) -> Path:
@@ -37,3 +37,23 @@ def attach_handlers(engine, handlers) -> None:
     the engine would then depend on itself."""
     for handler in handlers:
         handler.attach(engine)
+
+
+def trainer_state_handlers(evaluator, checkpoint_dir: str | os.PathLike, objects, *, val_interval: int,
+                           checkpoint_interval: int, resume: bool = True, device="cpu", rank: int = 0) -> list:
+    """The handlers a bundle attaches with :func:`attach_handlers`: validation every
+    ``val_interval`` iterations, a progress bar (rank 0), ``checkpoints/last.pt`` every
+    ``checkpoint_interval`` iterations, and the resume from ``last.pt`` when there is one.
+
+    Validation runs on every rank: MONAI's metric handlers gather results across processes, so
+    each rank scores its shard of the validation set and all of them get the same numbers."""
+    from ignite.handlers import ProgressBar
+    from monai.handlers import ValidationHandler
+
+    from .checkpoints import AtomicCheckpoint, resume_handlers
+
+    handlers: list = [ValidationHandler(validator=evaluator, interval=val_interval, epoch_level=False)]
+    if rank == 0:
+        handlers.append(ProgressBar(persist=True))
+    handlers.append(AtomicCheckpoint(checkpoint_dir, objects, save_interval=checkpoint_interval, rank=rank))
+    return handlers + resume_handlers(checkpoint_dir, objects, resume=resume, map_location=device)

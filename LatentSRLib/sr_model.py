@@ -1,0 +1,173 @@
+"""A trained latent-diffusion SR model as a folder that the evaluator, the volume engine and the
+Slicer module load by path.
+
+A model folder holds::
+
+    config.json            everything needed to rebuild and use the model (below)
+    denoiser.safetensors   the denoiser's weights (the EMA weights when training kept an EMA)
+    latent_stats.json      the autoencoder's latent normalisation the model was trained with (rule 4)
+
+``config.json``: ``{"format": "latentsr.sr_model", "version": 1, "denoiser": {preset, latent_channels,
+network}, "objective": {kind, ...}, "autoencoder": {spec, name, weights_sha256, latent_channels,
+downsampling_factor}, "task": {name, mode, scale, ...}, "grid": {size, fit, percentiles, lr_grid},
+"sampling": {sampler, steps}, "data": {...}, "training": {...}}``.
+
+:class:`SRModel` runs the whole latent path for a batch of windowed slices on the model grid:
+encode the LR image (on the HR grid, rule 5) -> sample -> decode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .autoencoders.base import Autoencoder
+from .autoencoders.latent_stats import STATS_FILE_NAME, LatentStats
+from .diffusion import ConditionalDenoiser, objective_from_dict, sample
+from .errors import InputError
+from .io.atomic import atomic_path
+from .tasks import Task
+
+__all__ = ["SRModel", "load_sr_model", "save_sr_model", "MODEL_FORMAT"]
+
+MODEL_FORMAT = "latentsr.sr_model"
+_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "denoiser.safetensors"
+
+
+def save_sr_model(
+    folder: str | os.PathLike,
+    denoiser: ConditionalDenoiser,
+    *,
+    objective: Mapping[str, Any],
+    autoencoder: Mapping[str, Any],
+    latent_stats: LatentStats,
+    task: Mapping[str, Any],
+    grid: Mapping[str, Any],
+    sampling: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a model folder (weights first, config last, each atomically)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    document = {
+        "format": MODEL_FORMAT,
+        "version": _VERSION,
+        "denoiser": denoiser.config,
+        "objective": dict(objective),
+        "autoencoder": dict(autoencoder),
+        "task": dict(task),
+        "grid": dict(grid),
+        "sampling": dict(sampling or {"sampler": None, "steps": 50}),
+        "data": dict(data or {}),
+        "training": dict(training or {}),
+    }
+    document = json.loads(json.dumps(document))  # JSON-clean; fails early on objects
+    state = {k: v.detach().to("cpu").contiguous() for k, v in denoiser.state_dict().items()}
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": MODEL_FORMAT})
+    latent_stats.save(folder / STATS_FILE_NAME)
+    with atomic_path(folder / CONFIG_FILE) as tmp:
+        tmp.write_text(json.dumps(document, indent=2) + "\n")
+    return folder
+
+
+class SRModel:
+    """A loaded SR model: denoiser, objective, the autoencoder it works in, and its task.
+
+    Attributes:
+        folder, config: where it came from and its parsed ``config.json``.
+        denoiser: the network (eval mode).
+        objective: the training objective (decides the samplers).
+        autoencoder: loaded from the recorded spec, with the model's latent statistics.
+        task: the degradation the model was trained to undo.
+    """
+
+    def __init__(self, folder: Path, config: dict[str, Any], denoiser: ConditionalDenoiser,
+                 autoencoder: Autoencoder) -> None:
+        self.folder = folder
+        self.config = config
+        self.denoiser = denoiser.eval()
+        self.objective = objective_from_dict(config["objective"])
+        self.autoencoder = autoencoder
+        self.task = Task.from_dict(config["task"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    def to(self, device: torch.device | str) -> SRModel:
+        self.denoiser.to(device)
+        self.autoencoder.to(device)
+        return self
+
+    @torch.no_grad()
+    def sample_latents(self, lr_latents: torch.Tensor, *, steps: int | None = None, sampler: str | None = None,
+                       generator: torch.Generator | None = None, eta: float = 0.0) -> torch.Tensor:
+        """``(B, C, h, w)`` normalised LR latents -> normalised SR latents."""
+        defaults = self.config.get("sampling", {})
+        steps = int(steps or defaults.get("steps") or 50)
+        sampler = sampler or defaults.get("sampler")
+        return sample(self.objective, self.denoiser, lr_latents.to(self.device), steps=steps, sampler=sampler,
+                      generator=generator, eta=eta)
+
+    @torch.no_grad()
+    def super_resolve(self, lr_images: torch.Tensor, **sampling: Any) -> torch.Tensor:
+        """``(B, 1, H, W)`` LR images in [0, 1] on the HR model grid -> ``(B, 1, H, W)`` SR images in [0, 1]."""
+        latents = self.autoencoder.encode(lr_images.to(self.device))
+        return self.autoencoder.decode(self.sample_latents(latents, **sampling))
+
+
+def load_sr_model(folder: str | os.PathLike, *, device: str | torch.device = "cpu",
+                  autoencoder: Autoencoder | str | None = None) -> SRModel:
+    """Load a model folder.
+
+    Args:
+        folder: written by :func:`save_sr_model` (the training bundle's ``model/``).
+        device: where to put the networks.
+        autoencoder: override the recorded autoencoder (an object, or a spec string, e.g. when the
+            autoencoder folder has moved); its weights must be the ones the model was trained with.
+
+    Raises:
+        InputError: not a model folder, a damaged one, or an autoencoder that differs from the
+            one it was trained with.
+    """
+    from safetensors.torch import load_file
+
+    from .autoencoders import load_autoencoder
+    from .training.latent_cache import weights_fingerprint
+
+    folder = Path(folder)
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise InputError("not a LatentSR model folder (no config.json)", folder)
+    try:
+        config = json.loads(config_path.read_text())
+        if config.get("format") != MODEL_FORMAT:
+            raise ValueError(f"format is {config.get('format')!r}, not {MODEL_FORMAT!r}")
+        denoiser = ConditionalDenoiser.from_config(config["denoiser"])
+        denoiser.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
+        stats = LatentStats.load(folder / STATS_FILE_NAME)
+    except InputError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise InputError(f"damaged model folder: {str(exc).splitlines()[0]}", folder) from None
+    recorded = config["autoencoder"]
+    if autoencoder is None or isinstance(autoencoder, str):
+        autoencoder = load_autoencoder(autoencoder or recorded["spec"], latent_stats=None)
+    expected = recorded.get("weights_sha256")
+    if expected and weights_fingerprint(autoencoder) != expected:
+        raise InputError(f"the autoencoder {autoencoder.spec!r} is not the one this model was trained with "
+                         f"({recorded.get('spec')!r}: other weights)", folder)
+    autoencoder.deterministic = True
+    autoencoder.latent_stats = stats
+    model = SRModel(folder, config, denoiser, autoencoder)
+    return model.to(device)

@@ -1,0 +1,303 @@
+"""Training a latent-diffusion SR model: the pieces the bundle's ``training`` entry wires into MONAI engines.
+
+* :func:`sr_setup`: load the autoencoder, fix its latent statistics (estimated on the training
+  split when it has none), and build or open the latent cache;
+* :class:`LoadLatentsd`: cached HR/LR latents of a row as ``(C, h, w)`` tensors;
+* :class:`SRTrainStep`: one optimisation step of the objective (mixed precision on GPU, gradient
+  clipping, EMA update);
+* :class:`SREvalStep`: validation by sampling from the LR latent and decoding, scored against the
+  TRUE high-resolution slice (rule 1), never against a VAE reconstruction;
+* :class:`ExportSRModel`: at the end, the best (EMA) weights become a model folder (:mod:`LatentSRLib.sr_model`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+from torch import nn
+
+from ..autoencoders import load_autoencoder
+from ..autoencoders.base import Autoencoder
+from ..autoencoders.latent_stats import LatentStats
+from ..diffusion import ConditionalDenoiser, build_denoiser, objective_from_dict, sample
+from ..errors import InputError
+from ..sr_model import save_sr_model
+from .batches import LoadSlicesd
+from .checkpoints import BEST
+from .dataset import PreparedDataset
+from .latent_cache import LatentCache, build_latent_cache, open_latent_cache, weights_fingerprint
+
+__all__ = ["ExportSRModel", "LoadLatentsd", "SREvalStep", "SRSetup", "SRTrainStep", "latent_dataset", "sr_setup"]
+
+
+@dataclass
+class SRSetup:
+    """What a training run works on: the dataset, the autoencoder (with statistics) and its cache."""
+
+    dataset: PreparedDataset
+    autoencoder: Autoencoder
+    cache: LatentCache
+
+    @property
+    def latent_channels(self) -> int:
+        return self.autoencoder.latent_channels
+
+
+def sr_setup(dataset_dir: str | os.PathLike, vae: str, *, device: str | torch.device = "cpu",
+             stats_images: int = 500, batch_size: int = 16, rank: int = 0) -> SRSetup:
+    """Load ``vae`` and make sure its latent cache for ``dataset_dir`` exists.
+
+    Latent statistics: those stored beside the autoencoder when it has them, otherwise estimated
+    on up to ``stats_images`` training slices (then kept with the cache and the trained model).
+    In a multi-process run, rank 0 builds the cache and the others wait for it.
+    """
+    if not vae:
+        raise InputError("no autoencoder: pass --vae SPEC (e.g. monai:runs/brain-ae/model, medvae:medvae_4_3_2d)")
+    dataset = PreparedDataset(dataset_dir)
+    autoencoder = load_autoencoder(vae, device=device, dtype=torch.float32)
+    autoencoder.deterministic = True
+    if autoencoder.latent_stats is None:
+        rows = dataset.indices("train")
+        autoencoder.latent_stats = LatentStats.estimate(
+            autoencoder, (np.array(dataset.hr[r]) for r in rows), max_images=stats_images, batch_size=batch_size,
+            preprocessing={"dataset": str(dataset.folder.resolve()), "split": "train", **dataset.info["selection"]})
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if rank == 0:
+        cache = build_latent_cache(dataset, autoencoder, batch_size=batch_size)
+    if distributed:
+        torch.distributed.barrier()
+    if rank != 0:
+        cache = open_latent_cache(dataset, autoencoder)
+    return SRSetup(dataset, autoencoder, cache)
+
+
+class LoadLatentsd(MapTransform):
+    """Add ``"hr_latent"`` / ``"lr_latent"``: ``(C, h, w)`` float32 rows of the latent cache."""
+
+    def __init__(self, cache: LatentCache, keys: KeysCollection = ("hr_latent", "lr_latent")) -> None:
+        super().__init__(keys)
+        self.cache = cache
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        row = int(out["row"])
+        for key in self.keys:
+            array = self.cache.hr if key == "hr_latent" else self.cache.lr
+            out[key] = torch.from_numpy(np.array(array[row], dtype=np.float32))
+        return out
+
+
+def latent_dataset(setup: SRSetup, split: str, *, limit: int | None = None, with_images: bool = False):
+    """MONAI ``Dataset`` of a split: cached latents, plus the true HR and the LR slices when
+    ``with_images`` (validation scores decoded samples against the true HR)."""
+    from monai.data import Dataset
+    from monai.transforms import Compose
+
+    items = setup.dataset.items(split, limit=limit)
+    if not items:
+        raise InputError(f"the {split!r} split is empty", setup.dataset.folder)
+    chain: list = [LoadLatentsd(setup.cache, ("lr_latent",) if with_images else ("hr_latent", "lr_latent"))]
+    if with_images:
+        chain.append(LoadSlicesd(setup.dataset, ("hr", "lr")))
+    return Dataset(items, transform=Compose(chain))
+
+
+def _unwrap(network: nn.Module) -> nn.Module:
+    return network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
+
+
+def make_denoiser(preset: str, setup: SRSetup, **overrides: Any) -> ConditionalDenoiser:
+    return build_denoiser(preset, setup.latent_channels, **overrides)
+
+
+def make_ema(network: nn.Module, decay: float) -> nn.Module | None:
+    """An exponential moving average of ``network``'s weights (``None`` when ``decay`` is 0)."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(_unwrap(network), multi_avg_fn=get_ema_multi_avg_fn(float(decay)), use_buffers=True)
+
+
+class SRTrainStep:
+    """``iteration_update`` of a MONAI ``SupervisedTrainer`` training a :class:`ConditionalDenoiser`.
+
+    The objective draws its timesteps and noise from torch's global generator, which the
+    checkpoints save, so a resumed run continues the same random sequence.
+    Returns ``{"loss": float}``.
+    """
+
+    def __init__(self, objective: Mapping[str, Any], *, ema: nn.Module | None = None,
+                 grad_clip: float | None = 1.0) -> None:
+        self.objective = objective_from_dict(objective)
+        self.ema = ema
+        self.grad_clip = grad_clip
+
+    def __call__(self, engine, batch: Mapping[str, Any]) -> dict[str, Any]:
+        device = engine.state.device
+        x0 = batch["hr_latent"].to(device, non_blocking=True)
+        condition = batch["lr_latent"].to(device, non_blocking=True)
+        network = engine.network
+        network.train()
+        engine.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, enabled=bool(engine.amp)):
+            loss = self.objective.training_loss(network, x0, condition)
+        if engine.amp and engine.scaler is not None:
+            engine.scaler.scale(loss).backward()
+            engine.scaler.unscale_(engine.optimizer)
+        else:
+            loss.backward()
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(network.parameters(), self.grad_clip)
+        if engine.amp and engine.scaler is not None:
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            engine.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(_unwrap(network))
+        return {"loss": float(loss.detach())}
+
+
+class SREvalStep:
+    """``iteration_update`` of a MONAI ``SupervisedEvaluator``: sample, decode, compare with the true HR.
+
+    Uses the EMA weights when given. Sampling is seeded per validation (``seed``), so successive
+    validations differ only by the weights. Returns ``{"pred": SR (B,1,H,W), "label": true HR,
+    "lr": the LR input, "id": [...]}``, images in [0, 1].
+    """
+
+    def __init__(self, objective: Mapping[str, Any], autoencoder: Autoencoder, *, steps: int = 20,
+                 sampler: str | None = None, ema: nn.Module | None = None, seed: int = 0) -> None:
+        self.objective = objective_from_dict(objective)
+        self.autoencoder = autoencoder
+        self.steps = int(steps)
+        self.sampler = sampler
+        self.ema = ema
+        self.seed = int(seed)
+        self._generator: torch.Generator | None = None
+
+    def reset(self, engine=None) -> None:
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    def attach(self, engine) -> None:
+        from monai.utils import min_version, optional_import
+
+        events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+        engine.add_event_handler(events.EPOCH_STARTED, self.reset)
+
+    @torch.no_grad()
+    def __call__(self, engine, batch: Mapping[str, Any]) -> dict[str, Any]:
+        device = engine.state.device
+        network = self.ema.module if self.ema is not None else _unwrap(engine.network)
+        network.eval()
+        if self._generator is None:
+            self.reset()
+        condition = batch["lr_latent"].to(device)
+        noise = torch.randn(condition.shape, generator=self._generator).to(device)
+        with torch.autocast(device.type, enabled=bool(engine.amp)):
+            latents = sample(self.objective, network, condition, steps=self.steps, sampler=self.sampler, noise=noise)
+        self.autoencoder.to(device)
+        pred = self.autoencoder.decode(latents.float())
+        return {"pred": pred, "label": batch["hr"].to(device), "lr": batch["lr"].to(device), "id": batch.get("id")}
+
+
+class ExportSRModel:
+    """When training completes, write the model folder (best validation weights, EMA when kept).
+
+    Args:
+        network: the denoiser being trained (its config rebuilds the architecture).
+        setup: dataset, autoencoder and cache of the run.
+        objective: the objective's dict.
+        folder: the model folder to write.
+        checkpoint_dir: where ``best.pt`` may be.
+        ema: the EMA model, whose weights are exported when present.
+        sampling: default sampler and steps recorded for inference.
+        training: hyper-parameters to record.
+        rank: only rank 0 exports.
+    """
+
+    def __init__(self, network: nn.Module, setup: SRSetup, objective: Mapping[str, Any], folder: str | os.PathLike,
+                 checkpoint_dir: str | os.PathLike, *, ema: nn.Module | None = None,
+                 sampling: Mapping[str, Any] | None = None, training: Mapping[str, Any] | None = None,
+                 rank: int = 0) -> None:
+        self.network = network
+        self.setup = setup
+        self.objective = objective_from_dict(objective).to_dict()  # every field written out
+        self.folder = Path(folder)
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.ema = ema
+        self.sampling = dict(sampling or {})
+        self.training = dict(training or {})
+        self.rank = int(rank)
+
+    def attach(self, engine) -> None:
+        from monai.utils import min_version, optional_import
+
+        events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+        engine.add_event_handler(events.COMPLETED, self)
+
+    def __call__(self, engine=None) -> Path | None:
+        if self.rank != 0:
+            return None
+        # building networks draws from torch's generator: keep the training's random sequence (and
+        # the state the final checkpoint saves) as if the export had not happened
+        with torch.random.fork_rng(devices=[]):
+            return self._export(engine)
+
+    def _export(self, engine) -> Path:
+        denoiser = ConditionalDenoiser.from_config(_unwrap(self.network).config)
+        key = "ema" if self.ema is not None else "network"
+        best = self.checkpoint_dir / BEST
+        weights = "final"
+        best_value = None
+        if best.is_file():
+            state = torch.load(best, map_location="cpu", weights_only=True)
+            best_value = state.get("best_metric", {}).get("value")
+            if key == "ema":
+                ema = make_ema(denoiser, 0.999)
+                ema.load_state_dict(state["ema"])
+                denoiser.load_state_dict(ema.module.state_dict())
+            else:
+                denoiser.load_state_dict(state["network"])
+            weights = f"best validation checkpoint (val_psnr = {best_value})"
+        else:
+            source = self.ema.module if self.ema is not None else _unwrap(self.network)
+            denoiser.load_state_dict(source.state_dict())
+        dataset, autoencoder = self.setup.dataset, self.setup.autoencoder
+        info = dataset.info
+        save_sr_model(
+            self.folder,
+            denoiser,
+            objective=self.objective,
+            autoencoder={"spec": _absolute_spec(autoencoder.spec), "name": autoencoder.name,
+                         "weights_sha256": weights_fingerprint(autoencoder),
+                         "latent_channels": autoencoder.latent_channels,
+                         "downsampling_factor": autoencoder.downsampling_factor},
+            latent_stats=autoencoder.latent_stats,
+            task=info["task"],
+            grid={**info["selection"], "planes": info["planes"], "lr_grid": info["lr_grid"]},
+            sampling=self.sampling,
+            data={"folder": str(dataset.folder.resolve()), "counts": info["counts"], "subjects": info["subjects"]},
+            training={**self.training, "weights": f"{key} weights, {weights}", "best_val_psnr": best_value,
+                      "iterations": int(engine.state.iteration) if engine is not None else None},
+        )
+        return self.folder
+
+
+def _absolute_spec(spec: str) -> str:
+    """``monai:runs/x`` -> ``monai:/abs/runs/x`` when the target is a local path (so the model
+    folder works from any working directory); hub ids and model names are kept."""
+    scheme, _, target = spec.partition(":")
+    parts = [Path(p) for p in target.split(",")]
+    if all(p.exists() for p in parts):
+        return f"{scheme}:{','.join(str(p.resolve()) for p in parts)}"
+    return spec
