@@ -111,13 +111,14 @@ class SRModel:
 
     @torch.no_grad()
     def sample_latents(self, lr_latents: torch.Tensor, *, steps: int | None = None, sampler: str | None = None,
-                       generator: torch.Generator | None = None, eta: float = 0.0) -> torch.Tensor:
-        """``(B, C, h, w)`` normalised LR latents -> normalised SR latents."""
+                       generator: torch.Generator | None = None, eta: float = 0.0,
+                       noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, C, h, w)`` normalised LR latents -> normalised SR latents (``noise``: the start noise)."""
         defaults = self.config.get("sampling", {})
         steps = int(steps or defaults.get("steps") or 50)
         sampler = sampler or defaults.get("sampler")
         return sample(self.objective, self.denoiser, lr_latents.to(self.device), steps=steps, sampler=sampler,
-                      generator=generator, eta=eta)
+                      generator=generator, eta=eta, noise=noise)
 
     @torch.no_grad()
     def super_resolve(self, lr_images: torch.Tensor, **sampling: Any) -> torch.Tensor:
@@ -151,8 +152,13 @@ def load_sr_model(folder: str | os.PathLike, *, device: str | torch.device = "cp
         raise InputError("not a LatentSR model folder (no config.json)", folder)
     try:
         config = json.loads(config_path.read_text())
-        if config.get("format") != MODEL_FORMAT:
-            raise ValueError(f"format is {config.get('format')!r}, not {MODEL_FORMAT!r}")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"unreadable config.json: {exc}", folder) from None
+    if config.get("format") != MODEL_FORMAT:
+        kind = config.get("format") or "unknown"
+        hint = " (an autoencoder: pass it as --vae monai:FOLDER)" if kind == "latentsr.monai_autoencoder" else ""
+        raise InputError(f"not a LatentSR model folder: its config.json is of kind {kind!r}{hint}", folder)
+    try:
         denoiser = ConditionalDenoiser.from_config(config["denoiser"])
         denoiser.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
         stats = LatentStats.load(folder / STATS_FILE_NAME)

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import LatentSRError
-from . import degrade, info, prepare, screen
+from . import degrade, info, prepare, screen, sr
 
-SUBCOMMANDS = (info, degrade, screen, prepare)
+SUBCOMMANDS = (info, degrade, screen, prepare, sr)
 
 
 def build_parser() -> argparse.ArgumentParser:

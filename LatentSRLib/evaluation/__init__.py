@@ -6,12 +6,22 @@ One idea per module:
 * ``frequency``: 3-level Haar subband PSNR and the radial power spectrum;
 * ``perceptual``: LPIPS, labelled with the network that computed it (offline stand-in if needed);
 * ``statistics``: pairing by image id, paired bootstrap CIs, Wilcoxon, d_z and pooled Cohen's d,
-  Holm correction, summaries and patient-level aggregation.
+  Holm correction, summaries and patient-level aggregation;
+* ``hallucination``: hallucinated / lost pixels beyond the method's own VAE noise floor, and maps;
+* ``latent_fidelity``: cosine similarity and PSNR of pooled SR latents against the true image's latents;
+* ``agreement``: Bland-Altman agreement of a per-image quantity (mean intensity) with the true image;
+* ``roi``: PSNR and SSIM inside segmentation regions (tumour) and in the background;
+* ``regression``: does the AE ceiling predict SR quality (Pearson r, OLS) across method x dataset points.
 
 Each module lists its public names in ``__all__``.
 """
 
+from .agreement import *  # noqa: F401,F403
 from .frequency import *  # noqa: F401,F403
+from .hallucination import *  # noqa: F401,F403
+from .latent_fidelity import *  # noqa: F401,F403
 from .metrics import *  # noqa: F401,F403
 from .perceptual import *  # noqa: F401,F403
+from .regression import *  # noqa: F401,F403
+from .roi import *  # noqa: F401,F403
 from .statistics import *  # noqa: F401,F403

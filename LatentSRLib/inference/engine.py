@@ -1,0 +1,258 @@
+"""The volume SR engine: a scan in, its super-resolved version and review maps out, on the scan's grid.
+
+The data flow of DESIGN.md: window the volume to [0, 1] (the model's training percentiles,
+remembered) -> upright slices of the chosen plane -> model grid -> encode the LR slice (on the HR
+grid, rule 5) -> sample K times -> decode -> [data-consistency projection] -> back to the slice grid
+-> stack -> undo the window. Maps computed alongside, per voxel on the input grid:
+
+* ``uncertainty``: standard deviation across the K samples (0 when K = 1), in intensity units;
+* ``consistency``: ``|degrade(SR) - LR|``, where the result disagrees with what was measured (no
+  ground truth needed), in intensity units;
+* with a reference HR volume: ``difference`` = SR - HR (intensity units) and the
+  hallucination/loss label map (+1 / -1, the AE noise floor of :mod:`LatentSRLib.evaluation.hallucination`),
+  with whole-volume and per-slice PSNR/SSIM;
+* with a mask: PSNR/SSIM inside each label and in the background.
+
+:func:`super_resolve_volume` is the library API (the Slicer module calls it with a progress
+callback and a cancel check); ``latentsr sr`` is a thin wrapper that writes the results.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError, LatentSRError
+from ..io import MedicalImage, check_pixels
+from ..simulate import simulate_low_resolution
+from ..sr_model import SRModel
+from ..tasks import Task
+from ..transforms.intensity import IntensityWindow, PercentileWindow
+from ..transforms.slicing import ModelGrid, SliceLayout
+from .devices import autocast_for, default_batch_size, resolve_device, run_in_batches
+
+__all__ = ["Cancelled", "SRSettings", "VolumeResult", "consistency_map", "super_resolve_volume"]
+
+ProgressCallback = Callable[[float, str], None]
+
+
+class Cancelled(LatentSRError):
+    """The caller's cancel check returned True; nothing was written."""
+
+
+@dataclass(frozen=True)
+class SRSettings:
+    """How to sample. ``None`` takes the model's recorded default.
+
+    Args:
+        steps: sampling steps (network evaluations per sample; Heun uses about twice as many).
+        sampler: ``"ddim"``/``"ddpm"`` (DDPM models) or ``"euler"``/``"heun"`` (rectified flow).
+        samples: K samples per slice; the SR volume is their mean and the uncertainty their std.
+        seed: start noise of slice ``s``, sample ``k`` comes from ``seed``, ``s`` and ``k`` alone, so a
+            deterministic sampler gives the same volume whatever the batch size.
+        batch_size: slices per batch (None: from free GPU memory, 4 on CPU); halves on out-of-memory.
+        data_consistency: project each SR slice so that degrading it reproduces the LR input
+            (``SR + (LR - degrade(SR))``, clipped); the consistency map is then measured after it.
+        autocast: reduced precision (bf16/fp16) on CUDA.
+    """
+
+    steps: int | None = None
+    sampler: str | None = None
+    samples: int = 1
+    seed: int = 0
+    batch_size: int | None = None
+    data_consistency: bool = False
+    autocast: bool = True
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class VolumeResult:
+    """The outputs of one volume, each on the input's grid (see the module docstring)."""
+
+    sr: MedicalImage
+    uncertainty: MedicalImage
+    consistency: MedicalImage
+    lr: MedicalImage
+    difference: MedicalImage | None = None
+    hallucination: MedicalImage | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def outputs(self) -> dict[str, MedicalImage]:
+        """Name -> image of every map that was computed."""
+        named = {"sr": self.sr, "uncertainty": self.uncertainty, "consistency": self.consistency,
+                 "difference": self.difference, "hallucination": self.hallucination}
+        return {k: v for k, v in named.items() if v is not None}
+
+
+def _noise_for(slices: list[int], shape: tuple[int, ...], seed: int, sample: int) -> torch.Tensor:
+    # one generator per (slice, sample): reproducible whatever the batch size
+    out = []
+    for s in slices:
+        generator = torch.Generator().manual_seed((seed * 1_000_003 + s * 7919 + sample) % (2**63 - 1))
+        out.append(torch.randn(shape, generator=generator))
+    return torch.stack(out)
+
+
+def consistency_map(sr: torch.Tensor, lr: torch.Tensor, task: Task) -> torch.Tensor:
+    """``|degrade(SR) - LR|`` for ``(B, 1, H, W)`` images in [0, 1] on the HR grid: zero where the
+    result, degraded as the model's task degrades, reproduces the measured input."""
+    return (torch.as_tensor(task.degradation()(sr)) - lr).abs()
+
+
+def _window_for(model: SRModel, image: MedicalImage) -> IntensityWindow:
+    grid = model.config.get("grid", {})
+    lower = float(grid.get("lower_percentile", 0.5))
+    upper = float(grid.get("upper_percentile", 99.5))
+    return PercentileWindow(lower, upper, clip=True).compute(image.array)
+
+
+def super_resolve_volume(
+    model: SRModel,
+    image: MedicalImage,
+    *,
+    plane: str = "axial",
+    settings: SRSettings = SRSettings(),
+    reference: MedicalImage | None = None,
+    mask: MedicalImage | None = None,
+    simulate: bool = False,
+    device: str | torch.device = "auto",
+    progress: ProgressCallback | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> VolumeResult:
+    """Super-resolve ``image`` slice by slice.
+
+    Args:
+        model: a loaded SR model (:func:`LatentSRLib.sr_model.load_sr_model`).
+        image: the low-resolution scan (2D image or 3D volume, any units), or with ``simulate`` the
+            high-resolution scan to degrade first.
+        plane: slicing plane of a volume (the plane the model super-resolves in).
+        settings: sampling settings.
+        reference: the true high-resolution scan on the same grid (evaluation); ``simulate`` sets it.
+        mask: a label volume on the same grid (0 = background) for region metrics; needs a reference.
+        simulate: degrade ``image`` as the model's task does and super-resolve that, using ``image``
+            as the reference.
+        device: ``"auto"``, ``"cuda"``, ``"cpu"``, ...
+        progress: called with (fraction done, message) after each batch.
+        cancelled: checked between batches; when it returns True, :class:`Cancelled` is raised.
+
+    Returns:
+        A :class:`VolumeResult`.
+    """
+    check_pixels(image)
+    started = time.perf_counter()
+    torch_device = resolve_device(device)
+    model.to(torch_device)
+    task = model.task
+    if simulate:
+        if reference is not None:
+            raise InputError("give either a reference or simulate, not both", image.path)
+        reference = image
+        try:
+            image = simulate_low_resolution(image, mode=task.mode, scale=task.scale, noise=task.noise,
+                                            seed=settings.seed, plane=plane, **task.options)
+        except ValueError as exc:
+            raise InputError(f"cannot simulate the model's task {task.name}: {exc}", image.path) from None
+    for other, what in ((reference, "reference"), (mask, "mask")):
+        if other is not None and not image.has_same_geometry(other):
+            raise InputError(f"the {what} is not on the input's grid (shape {other.shape} vs {image.shape}); "
+                             "resample it first", other.path)
+    if mask is not None and reference is None:
+        raise InputError("region metrics need a reference (or --simulate-scale)", mask.path)
+
+    window = _window_for(model, image)
+    layout = SliceLayout.for_image(image, plane)
+    lr_slices = np.ascontiguousarray(layout.extract(np.asarray(window.apply(image.array), dtype=np.float32)))
+    grid_info = model.config.get("grid", {})
+    grid = ModelGrid(tuple(grid_info.get("size", (256, 256))), fit=grid_info.get("fit", "pad"))
+    spacing = layout.pixel_spacing
+    n = lr_slices.shape[0]
+    degrade = task.degradation()
+    f = model.autoencoder.downsampling_factor
+    latent_shape = (model.autoencoder.latent_channels, grid.size[0] // f, grid.size[1] // f)
+
+    sr_slices = np.zeros_like(lr_slices)
+    std_slices = np.zeros_like(lr_slices)
+    consistency_slices = np.zeros_like(lr_slices)
+
+    def work(rows):
+        if cancelled is not None and cancelled():
+            raise Cancelled("cancelled")
+        rows = list(rows)
+        lr_model = grid.to_model(lr_slices[rows], spacing).clamp(0, 1)[:, None].to(torch_device)
+        with torch.inference_mode(), autocast_for(torch_device, settings.autocast):
+            condition = model.autoencoder.encode(lr_model)
+            samples = []
+            for k in range(settings.samples):
+                noise = _noise_for(rows, latent_shape, settings.seed, k).to(torch_device, condition.dtype)
+                latents = model.sample_latents(condition, steps=settings.steps, sampler=settings.sampler,
+                                               noise=noise)
+                samples.append(model.autoencoder.decode(latents.float()).float())
+            stack = torch.stack(samples)  # (K, b, 1, H, W)
+            mean = stack.mean(0)
+            std = stack.std(0, unbiased=False) if settings.samples > 1 else torch.zeros_like(mean)
+            if settings.data_consistency:
+                mean = (mean + (lr_model - torch.as_tensor(degrade(mean)))).clamp(0, 1)
+            disagreement = consistency_map(mean, lr_model, task)
+        back = [grid.from_model(x[:, 0].float().cpu(), layout.slice_shape, spacing).numpy() for x in (mean, std, disagreement)]
+        return rows, back
+
+    def done(rows, result):
+        rows, (mean, std, disagreement) = result
+        sr_slices[rows] = np.clip(mean, 0, 1)
+        std_slices[rows] = std
+        consistency_slices[rows] = disagreement
+        done_mask[rows] = True
+        if progress is not None:
+            finished = int(done_mask.sum())
+            progress(finished / n, f"{finished}/{n} slices")
+
+    done_mask = np.zeros(n, dtype=bool)
+    batch_size = settings.batch_size or default_batch_size(torch_device, grid.size[0] * grid.size[1])
+    final_batch = run_in_batches(list(range(n)), batch_size, work, done)
+
+    width = float(window.upper - window.lower)
+    sr_array = window.invert(layout.assemble(sr_slices))
+    as_float = {"source_dtype": "float32"}
+    result = VolumeResult(
+        sr=image.with_array(sr_array, latentsr_output="super-resolved", model=str(model.folder)),
+        uncertainty=image.with_array((layout.assemble(std_slices) * width).astype(np.float32),
+                                     latentsr_output="uncertainty (std across samples)", **as_float),
+        consistency=image.with_array((layout.assemble(consistency_slices) * width).astype(np.float32),
+                                     latentsr_output="data consistency |degrade(SR) - LR|", **as_float),
+        lr=image,
+    )
+    seconds = time.perf_counter() - started
+    result.metrics = {
+        "model": str(model.folder),
+        "task": task.to_dict(),
+        "plane": layout.plane,
+        "slices": n,
+        "settings": settings.to_dict(),
+        "device": str(torch_device),
+        "batch_size": final_batch,
+        "seconds": round(seconds, 3),
+        "seconds_per_slice": round(seconds / max(n, 1), 4),
+        "window": {"lower": window.lower, "upper": window.upper},
+        "simulated": bool(simulate),
+        "consistency_mean": float(consistency_slices.mean()),
+    }
+    if reference is not None:
+        from .review import reference_review
+
+        reference_review(result, model, reference, mask, window, layout, grid, sr_slices, torch_device, settings)
+    return result
+

@@ -1,0 +1,197 @@
+"""The volume SR engine and `latentsr sr`: geometry, maps, batching, seeds and errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from LatentSRLib.autoencoders import load_autoencoder
+from LatentSRLib.autoencoders.latent_stats import LatentStats
+from LatentSRLib.autoencoders.monai_kl import save_monai_autoencoder
+from LatentSRLib.diffusion import DDPMObjective, build_denoiser
+from LatentSRLib.errors import InputError
+from LatentSRLib.inference import SRSettings, run_in_batches, super_resolve_volume
+from LatentSRLib.inference.engine import consistency_map
+from LatentSRLib.io import MedicalImage, read_image
+from LatentSRLib.sr_model import load_sr_model, save_sr_model
+from LatentSRLib.tasks import parse_task
+from LatentSRLib.training.autoencoder import autoencoder_config, build_autoencoder
+from LatentSRLib.training.latent_cache import weights_fingerprint
+
+GRID = 64
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    """A tiny untrained model on a 64x64 grid (geometry and plumbing do not need a trained one)."""
+    root = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    config = autoencoder_config(downsampling=4, latent_channels=2, width=8)
+    save_monai_autoencoder(build_autoencoder(config), root / "vae", config)
+    autoencoder = load_autoencoder(f"monai:{root / 'vae'}", latent_stats=None)
+    stats = LatentStats.estimate(autoencoder, [np.random.default_rng(0).random((4, GRID, GRID), dtype=np.float32)])
+    denoiser = build_denoiser("tiny", 2)
+    with torch.no_grad():  # MONAI zero-initialises the output layer: give the untrained net a noise-dependent output
+        for parameter in denoiser.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    save_sr_model(root / "model", denoiser, objective=DDPMObjective().to_dict(),
+                  autoencoder={"spec": f"monai:{root / 'vae'}", "name": "vae",
+                               "weights_sha256": weights_fingerprint(autoencoder), "latent_channels": 2,
+                               "downsampling_factor": 4},
+                  latent_stats=stats, task=parse_task("sr4").to_dict(),
+                  grid={"size": [GRID, GRID], "fit": "pad", "lower_percentile": 0.5, "upper_percentile": 99.5},
+                  sampling={"sampler": "ddim", "steps": 2})
+    return root / "model"
+
+
+@pytest.fixture()
+def model(model_folder):
+    return load_sr_model(model_folder)
+
+
+class PoolingModel:
+    """Replace the latent path by average pooling and nearest up-sampling: SR ~ LR, so where a bright
+    voxel ends up tests the slicing and re-assembly, not the (untrained) networks."""
+
+    @staticmethod
+    def install(model, monkeypatch):
+        channels = model.autoencoder.latent_channels
+        monkeypatch.setattr(model.autoencoder, "encode",
+                            lambda x, **kw: F.avg_pool2d(x, 4).repeat(1, channels, 1, 1))
+        monkeypatch.setattr(model.autoencoder, "decode",
+                            lambda z: F.interpolate(z[:, :1], scale_factor=4, mode="nearest").clamp(0, 1))
+        monkeypatch.setattr(model, "sample_latents", lambda condition, **kw: condition)
+
+
+def small_volume(direction: np.ndarray, shape=(20, 24, 28), spacing=(1.0, 1.2, 1.5)) -> MedicalImage:
+    array = np.zeros(shape, dtype=np.int16)
+    array[4:16, 5:19, 6:22] = 100  # a block of anatomy
+    array[9:14, 8:13, 14:20] = 1000  # a bright marker (over 0.5% of voxels: inside the intensity window)
+    return MedicalImage(array, spacing, (10.0, -20.0, 30.0), direction)
+
+
+def oblique() -> np.ndarray:
+    angle = np.deg2rad(20)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    return rotation @ np.diag([-1.0, -1.0, 1.0])  # RAS-stored, rotated
+
+
+@pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0]), oblique()], ids=["LPS", "RAS", "oblique"])
+@pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
+def test_output_overlays_the_input(model, monkeypatch, direction, plane):
+    PoolingModel.install(model, monkeypatch)
+    image = small_volume(direction)
+    result = super_resolve_volume(model, image, plane=plane, settings=SRSettings(batch_size=8), device="cpu")
+    for output in result.outputs().values():
+        assert output.has_same_geometry(image)
+    assert result.sr.array.dtype == np.int16  # back in the input's units and dtype
+    marker = np.argwhere(image.array == 1000).mean(0)
+    found = np.unravel_index(np.argmax(result.sr.array), image.shape)
+    assert np.abs(np.array(found) - marker).max() <= 3, (found, marker)
+    assert np.corrcoef(result.sr.array.ravel(), image.array.ravel())[0, 1] > 0.7
+
+
+def test_consistency_is_zero_when_sr_is_the_truth(brats_flair):
+    from LatentSRLib.transforms.intensity import PercentileWindow
+
+    volume = read_image(brats_flair)
+    hr = torch.from_numpy(np.asarray(PercentileWindow(0.5, 99.5)(volume.array[70:74])[0], dtype=np.float32))[:, None]
+    task = parse_task("sr4")
+    lr = torch.as_tensor(task.degradation()(hr))
+    assert float(consistency_map(hr, lr, task).max()) < 1e-5
+    blurred = F.avg_pool2d(hr, 3, stride=1, padding=1)
+    assert float(consistency_map(blurred, lr, task).mean()) > 1e-4
+
+
+def test_uncertainty_samples_and_seed(model):
+    image = small_volume(np.eye(3))
+    one = super_resolve_volume(model, image, settings=SRSettings(samples=1, seed=3), device="cpu")
+    assert float(np.abs(one.uncertainty.array).max()) == 0.0
+    again = super_resolve_volume(model, image, settings=SRSettings(samples=1, seed=3, batch_size=3), device="cpu")
+    # same seed, other batch size: the same volume, up to float rounding of batched convolutions
+    np.testing.assert_allclose(one.sr.array, again.sr.array, atol=2)
+    other = super_resolve_volume(model, image, settings=SRSettings(samples=1, seed=4), device="cpu")
+    assert np.abs(one.sr.array.astype(float) - other.sr.array).max() > 10
+    two = super_resolve_volume(model, image, settings=SRSettings(samples=2, seed=3), device="cpu")
+    assert float(two.uncertainty.array.max()) > 0.0
+
+
+def test_out_of_memory_halves_the_batch():
+    seen = []
+
+    def work(chunk):
+        if len(chunk) > 3:  # a fake allocator limit of three slices
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        seen.extend(chunk)
+        return len(chunk)
+
+    final = run_in_batches(list(range(10)), 16, work, lambda chunk, result: None)
+    assert final == 2 and seen == list(range(10))
+    with pytest.raises(RuntimeError, match="other"):
+        run_in_batches([1], 4, lambda chunk: (_ for _ in ()).throw(RuntimeError("other failure")), lambda *a: None)
+
+
+def test_bad_inputs_give_clear_errors(model, model_folder, tmp_path):
+    with pytest.raises(InputError, match="not a LatentSR model folder"):
+        load_sr_model(model_folder.parent / "vae")
+    image = small_volume(np.eye(3))
+    other = small_volume(np.eye(3), shape=(20, 24, 30))
+    with pytest.raises(InputError, match="reference is not on the input's grid"):
+        super_resolve_volume(model, image, reference=other, device="cpu")
+    with pytest.raises(InputError, match="need a reference"):
+        super_resolve_volume(model, image, mask=image, device="cpu")
+
+
+@pytest.mark.shared_data
+def test_sr_command_on_brain_with_mask(model_folder, tmp_path, brats_flair, brats_tumour_mask, capsys):
+    from LatentSRLib.cli import main
+
+    # a 24-slice crop keeps the test fast on two cores
+    volume, mask = read_image(brats_flair), read_image(brats_tumour_mask)
+    crop = slice(66, 90)
+    origin = tuple((volume.index_to_world() @ np.array([0, 0, crop.start, 1.0]))[:3])
+    small = MedicalImage(volume.array[crop], volume.spacing, origin, volume.direction)
+    small_mask = MedicalImage(mask.array[crop], mask.spacing, small.origin, mask.direction)
+    from LatentSRLib.io import write_image
+
+    write_image(small, tmp_path / "flair.nii.gz")
+    write_image(small_mask, tmp_path / "mask.nii.gz")
+    out = tmp_path / "out"
+    code = main(["sr", str(tmp_path / "flair.nii.gz"), "-o", str(out), "--model", str(model_folder),
+                 "--simulate-scale", "4", "--mask", str(tmp_path / "mask.nii.gz"), "--samples", "2", "--steps", "2"])
+    assert code == 0, capsys.readouterr().err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["consistency.nii.gz", "difference.nii.gz", "hallucination.nii.gz", "lr.nii.gz", "metrics.json",
+                     "sr.nii.gz", "uncertainty.nii.gz"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    review = metrics["reference"]
+    assert review["psnr_lr"] > 20 and review["psnr_sr"] is not None
+    assert set(review["regions"]) == {"inside", "background"}
+    assert review["regions"]["inside"]["pixels"] > 0
+    sr = read_image(out / "sr.nii.gz")
+    assert sr.has_same_geometry(small) and sr.array.dtype == small.array.dtype
+    labels = read_image(out / "hallucination.nii.gz").array
+    assert set(np.unique(labels)) <= {-1, 0, 1}
+    # a second run into the same folder is allowed; a folder of other files is refused
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "x.txt").write_text("x")
+    assert main(["sr", str(tmp_path / "flair.nii.gz"), "-o", str(tmp_path / "foreign"), "--model", str(model_folder)]) == 2
+    assert "not a previous" in capsys.readouterr().err
+
+
+@pytest.mark.shared_data
+def test_sr_command_on_knee_dicom(model_folder, tmp_path, knee_dicom_dir, capsys):
+    from LatentSRLib.cli import main
+
+    out = tmp_path / "knee"
+    code = main(["sr", str(knee_dicom_dir), "-o", str(out), "--model", str(model_folder), "--axis", "sagittal",
+                 "--steps", "1", "--batch-size", "16"])
+    assert code == 0, capsys.readouterr().err
+    sr = read_image(out / "sr.nii.gz")
+    knee = read_image(knee_dicom_dir)
+    assert sr.has_same_geometry(knee, atol=1e-3)
+    assert "80 slices" in capsys.readouterr().out
