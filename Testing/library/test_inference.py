@@ -195,3 +195,24 @@ def test_sr_command_on_knee_dicom(model_folder, tmp_path, knee_dicom_dir, capsys
     knee = read_image(knee_dicom_dir)
     assert sr.has_same_geometry(knee, atol=1e-3)
     assert "80 slices" in capsys.readouterr().out
+
+
+def test_cancel_between_batches_and_progress(model):
+    from LatentSRLib.inference import Cancelled
+
+    image = small_volume(np.eye(3))
+    reports = []
+    result = super_resolve_volume(model, image, settings=SRSettings(batch_size=5), device="cpu",
+                                  progress=lambda fraction, message: reports.append((fraction, message)))
+    assert [r[0] for r in reports] == pytest.approx([0.25, 0.5, 0.75, 1.0]) and reports[-1][1] == "20/20 slices"
+    assert result.metrics["slices"] == 20
+    calls = []
+
+    def cancel_after_two_batches() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(Cancelled):
+        super_resolve_volume(model, image, settings=SRSettings(batch_size=5), device="cpu",
+                             cancelled=cancel_after_two_batches)
+    assert len(calls) == 3  # stopped at the third batch, the rest never ran
