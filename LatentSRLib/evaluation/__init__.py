@@ -11,7 +11,13 @@ One idea per module:
 * ``latent_fidelity``: cosine similarity and PSNR of pooled SR latents against the true image's latents;
 * ``agreement``: Bland-Altman agreement of a per-image quantity (mean intensity) with the true image;
 * ``roi``: PSNR and SSIM inside segmentation regions (tumour) and in the background;
-* ``regression``: does the AE ceiling predict SR quality (Pearson r, OLS) across method x dataset points.
+* ``regression``: does the AE ceiling predict SR quality (Pearson r, OLS) across method x dataset points;
+* ``plotting``: how every figure is made and written (Agg canvas, atomic PNG).
+
+An evaluation run (not imported here): ``evaluate`` (the entry point and its run folder), ``methods``
+(what is evaluated), ``scoring`` (one batch into per-image rows), ``rows`` (``per_image.csv``,
+pairing), ``row_statistics`` (every number, from the rows), ``tables`` (``tables.md``), ``figures``
+(the figures and the data they are drawn from), ``report`` (``report.md``).
 
 Each module lists its public names in ``__all__``.
 """

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from ..io.atomic import atomic_path
 from .metrics import as_image_batch
+from .plotting import new_figure, save_png
 from .statistics import NonFinite, _finite_mask, _handle_nonfinite, pair_by_id
 
 __all__ = ["BlandAltman", "bland_altman", "mean_intensities", "save_bland_altman_figure"]
@@ -155,9 +155,6 @@ def save_bland_altman_figure(
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if isinstance(results, BlandAltman):
         panels = [(f"{results.method_label} vs {results.reference_label}", results)]
     elif isinstance(results, Mapping):
@@ -167,8 +164,7 @@ def save_bland_altman_figure(
     if not panels:
         raise ValueError("no Bland-Altman results to plot")
 
-    fig = Figure(figsize=(4.5 * len(panels), 4), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(4.5 * len(panels), 4)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (title, result) in zip(axes, panels, strict=True):
         ax.scatter(result.means, result.differences, s=14, alpha=0.6, color="#3366aa", linewidths=0)
@@ -182,7 +178,4 @@ def save_bland_altman_figure(
         ax.set_xlabel(f"{quantity}: mean of {result.method_label} and {result.reference_label}")
         ax.set_ylabel(f"{quantity}: {result.method_label} - {result.reference_label}")
         ax.legend(fontsize=8, loc="best")
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-    return target
+    return save_png(fig, path, dpi)

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..io.atomic import atomic_path
 from .metrics import as_image_batch
+from .plotting import new_figure, save_png
 
 __all__ = [
     "BACKGROUND_LEVEL",
@@ -267,9 +267,7 @@ def save_hallucination_figure(
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import BoundaryNorm, ListedColormap
-    from matplotlib.figure import Figure
 
     s, t = _as_numpy(sr, "sr"), _as_numpy(hr, "hr")
     results = hallucination_maps(sr, hr, ae, k=k, foreground=foreground, background_level=background_level)
@@ -283,8 +281,7 @@ def save_hallucination_figure(
     label_cmap = ListedColormap(["#404040", "#2166ac", "#d9d9d9", "#b2182b"])
     label_norm = BoundaryNorm([-2.5, -1.5, -0.5, 0.5, 1.5], label_cmap.N)
 
-    fig = Figure(figsize=(12, 3.1 * count), layout="constrained")
-    FigureCanvasAgg(fig)  # Agg renders the PNG; no pyplot, no global backend state touched
+    fig = new_figure(12, 3.1 * count)
     axes = fig.subplots(count, 4, squeeze=False)
     for row in range(count):
         result = results[row]
@@ -308,7 +305,4 @@ def save_hallucination_figure(
         for ax in axes[row]:
             ax.set_axis_off()
     fig.suptitle(f"Hallucination maps, noise floor mean + {k:g} SD of |AE - HR|")
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-    return target
+    return save_png(fig, path, dpi)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from ..io.atomic import atomic_path
+from .plotting import new_figure, save_png
 from .statistics import pair_by_id
 
 __all__ = ["CeilingRegression", "ceiling_regression", "save_ceiling_regression_figure"]
@@ -147,11 +147,7 @@ def save_ceiling_regression_figure(
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(6, 4.5)
     ax = fig.add_subplot()
     margin = 0.05 * np.ptp(result.x)
     grid = np.linspace(result.x.min() - margin, result.x.max() + margin, 200)
@@ -168,7 +164,4 @@ def save_ceiling_regression_figure(
         f"r = {result.pearson_r:.3f}, R² = {result.r_squared:.3f}, p = {result.p_value:.3g}, n = {result.n} points"
     )
     ax.legend(fontsize=8, loc="best")
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-    return target
+    return save_png(fig, path, dpi)

@@ -20,8 +20,10 @@ from LatentSRLib.autoencoders.latent_stats import LatentStats
 from LatentSRLib.autoencoders.monai_kl import save_monai_autoencoder
 from LatentSRLib.diffusion import DDPMObjective, build_denoiser
 from LatentSRLib.errors import InputError, OutputError
-from LatentSRLib.evaluation.evaluate import evaluate, read_rows, tables_from_rows
+from LatentSRLib.evaluation.evaluate import evaluate
 from LatentSRLib.evaluation.methods import BicubicBaseline, LanczosBaseline, MethodBatch
+from LatentSRLib.evaluation.rows import read_rows
+from LatentSRLib.evaluation.tables import tables_from_rows
 from LatentSRLib.slice_source import SliceSelection
 from LatentSRLib.sr_model import save_sr_model
 from LatentSRLib.tasks import parse_task
