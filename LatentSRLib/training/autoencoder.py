@@ -29,7 +29,7 @@ from torch import nn
 from ..autoencoders.latent_stats import STATS_FILE_NAME, LatentStats
 from ..autoencoders.monai_kl import load_monai_kl, save_monai_autoencoder
 from .batches import batch_to_device
-from .checkpoints import BEST
+from .checkpoints import BEST, LAST
 from .dataset import PreparedDataset
 
 __all__ = [
@@ -256,7 +256,8 @@ class ExportAutoencoder:
     """When training completes, write the model folder that ``monai:<folder>`` loads.
 
     The weights are the best validation checkpoint when there is one (``checkpoint_dir/best.pt``),
-    else the final ones. Latent statistics are estimated on up to ``stats_images`` training slices
+    else the final ones (called without an engine, as the bundle's ``export_autoencoder`` entry does
+    for a stopped run: the last checkpoint). Latent statistics are estimated on up to ``stats_images`` training slices
     and saved beside the model.
 
     Args:
@@ -296,14 +297,20 @@ class ExportAutoencoder:
 
     def _export(self, engine) -> Path:
         net = build_autoencoder(self.config)
-        best = self.checkpoint_dir / BEST
+        best, last = self.checkpoint_dir / BEST, self.checkpoint_dir / LAST
         source = "final weights"
         best_value = None
+        iterations = int(engine.state.iteration) if engine is not None else None
+        if last.is_file() and engine is None:  # exporting a stopped run: how far it got
+            iterations = int(torch.load(last, map_location="cpu", weights_only=True)["trainer"]["iteration"])
         if best.is_file():
             state = torch.load(best, map_location="cpu", weights_only=True)
             net.load_state_dict(state["network"])
             best_value = state.get("best_metric", {}).get("value")
             source = f"best validation checkpoint ({state.get('best_metric', {}).get('name')} = {best_value})"
+        elif engine is None and last.is_file():
+            net.load_state_dict(torch.load(last, map_location="cpu", weights_only=True)["network"])
+            source = "last checkpoint"
         else:
             net.load_state_dict(_unwrap(self.network).state_dict())
         dataset = PreparedDataset(self.dataset_dir)
@@ -311,7 +318,7 @@ class ExportAutoencoder:
             "trained_by": "LatentSR train_autoencoder bundle",
             "weights": source,
             "best_val_psnr": best_value,
-            "iterations": int(engine.state.iteration) if engine is not None else None,
+            "iterations": iterations,
             "dataset": {"folder": str(self.dataset_dir.resolve()), "counts": dataset.info["counts"],
                         "subjects": dataset.info["subjects"], "selection": dataset.info["selection"]},
             "training": self.training,

@@ -23,10 +23,10 @@ TINY = {
 }
 
 
-def run_bundle(dataset_dir, output_dir, **overrides):
+def run_bundle(dataset_dir, output_dir, run_id="train_autoencoder", **overrides):
     from monai.bundle import run
 
-    run("train_autoencoder", meta_file=str(CONFIGS / "metadata.json"),
+    run(run_id, meta_file=str(CONFIGS / "metadata.json"),
         config_file=str(CONFIGS / "train_autoencoder.yaml"), logging_file=str(CONFIGS / "logging.conf"),
         dataset_dir=str(dataset_dir), output_dir=str(output_dir), **{**TINY, **overrides})
 
@@ -73,6 +73,15 @@ def test_trains_exports_and_resumes(brain_dataset, tmp_path):
     after = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert after["trainer"]["iteration"] == 30
     assert after["optimizer"]["state"][0]["step"] == 30  # Adam's state was restored, not restarted
+
+    # a stopped run's model folder can be written from its checkpoints without training
+    import shutil
+
+    shutil.rmtree(model)
+    run_bundle(brain_dataset, run_dir, run_id="export_autoencoder", max_iterations=30)
+    exported = json.loads((model / "config.json").read_text())["metadata"]
+    assert exported["iterations"] == 30 and exported["weights"].startswith("best validation checkpoint")
+    assert (model / "latent_stats.json").is_file()
 
 
 @pytest.mark.shared_data
