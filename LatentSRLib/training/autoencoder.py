@@ -29,6 +29,7 @@ from torch import nn
 from ..autoencoders.latent_stats import STATS_FILE_NAME, LatentStats
 from ..autoencoders.monai_kl import load_monai_kl, save_monai_autoencoder
 from .batches import batch_to_device
+from .runs import ExportOnCompletion
 from .checkpoints import BEST, LAST
 from .dataset import PreparedDataset
 
@@ -252,7 +253,7 @@ class AutoencoderEvalStep:
         return {"pred": recon.float().clamp(0, 1), "label": images, "id": batch.get("id")}
 
 
-class ExportAutoencoder:
+class ExportAutoencoder(ExportOnCompletion):
     """When training completes, write the model folder that ``monai:<folder>`` loads.
 
     The weights are the best validation checkpoint when there is one (``checkpoint_dir/best.pt``),
@@ -280,20 +281,6 @@ class ExportAutoencoder:
         self.stats_images = int(stats_images)
         self.training = dict(training or {})
         self.rank = int(rank)
-
-    def attach(self, engine) -> None:
-        from monai.utils import min_version, optional_import
-
-        events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
-        engine.add_event_handler(events.COMPLETED, self)
-
-    def __call__(self, engine=None) -> Path | None:
-        if self.rank != 0:
-            return None
-        # building networks draws from torch's generator: keep the training's random sequence (and
-        # the state the final checkpoint saves) as if the export had not happened
-        with torch.random.fork_rng(devices=[]):
-            return self._export(engine)
 
     def _export(self, engine) -> Path:
         net = build_autoencoder(self.config)

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import InputError, OutputError
 from .dataset import PreparedDataset
 
-__all__ = ["attach_handlers", "start_run", "trainer_state_handlers"]
+__all__ = ["ExportOnCompletion", "attach_handlers", "start_run", "trainer_state_handlers"]
 
 
 def start_run(dataset_dir: str | os.PathLike | None, output_dir: str | os.PathLike, splits=("train", "val")) -> Path:
@@ -57,3 +57,31 @@ def trainer_state_handlers(evaluator, checkpoint_dir: str | os.PathLike, objects
         handlers.append(ProgressBar(persist=True))
     handlers.append(AtomicCheckpoint(checkpoint_dir, objects, save_interval=checkpoint_interval, rank=rank))
     return handlers + resume_handlers(checkpoint_dir, objects, resume=resume, map_location=device)
+
+
+class ExportOnCompletion:
+    """Base of the handlers that write a model folder when training completes (rank 0 only).
+
+    Subclasses set ``rank`` and implement ``_export(engine) -> Path``; calling the handler without
+    an engine exports from the checkpoints of a stopped run.
+    """
+
+    rank: int = 0
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine=None) -> Path | None:
+        if self.rank != 0:
+            return None
+        import torch
+
+        # building networks draws from torch's generator: keep the training's random sequence (and
+        # the state the final checkpoint saves) as if the export had not happened
+        with torch.random.fork_rng(devices=[]):
+            return self._export(engine)
+
+    def _export(self, engine) -> Path:  # pragma: no cover - abstract
+        raise NotImplementedError

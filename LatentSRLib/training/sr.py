@@ -31,6 +31,7 @@ from ..diffusion import ConditionalDenoiser, build_denoiser, objective_from_dict
 from ..errors import InputError
 from ..sr_model import save_sr_model
 from .batches import LoadSlicesd
+from .runs import ExportOnCompletion
 from .checkpoints import BEST
 from .dataset import PreparedDataset
 from .latent_cache import LatentCache, build_latent_cache, open_latent_cache, weights_fingerprint
@@ -210,7 +211,7 @@ class SREvalStep:
         return {"pred": pred, "label": batch["hr"].to(device), "lr": batch["lr"].to(device), "id": batch.get("id")}
 
 
-class ExportSRModel:
+class ExportSRModel(ExportOnCompletion):
     """When training completes, write the model folder (best validation weights, EMA when kept).
 
     Args:
@@ -238,20 +239,6 @@ class ExportSRModel:
         self.sampling = dict(sampling or {})
         self.training = dict(training or {})
         self.rank = int(rank)
-
-    def attach(self, engine) -> None:
-        from monai.utils import min_version, optional_import
-
-        events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
-        engine.add_event_handler(events.COMPLETED, self)
-
-    def __call__(self, engine=None) -> Path | None:
-        if self.rank != 0:
-            return None
-        # building networks draws from torch's generator: keep the training's random sequence (and
-        # the state the final checkpoint saves) as if the export had not happened
-        with torch.random.fork_rng(devices=[]):
-            return self._export(engine)
 
     def _export(self, engine) -> Path:
         denoiser = ConditionalDenoiser.from_config(_unwrap(self.network).config)
