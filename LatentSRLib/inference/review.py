@@ -73,18 +73,22 @@ def reference_review(result: VolumeResult, model: SRModel, reference: MedicalIma
     per_slice_sr = psnr(sr_slices[informative], hr_slices[informative]) if informative else np.array([])
     per_slice_lr = psnr(lr_slices[informative], hr_slices[informative]) if informative else np.array([])
     small = min(layout.slice_shape) < 11  # SSIM needs an 11x11 window
+    per_slice_ssim_sr = ssim(sr_slices[informative], hr_slices[informative]) if informative and not small else None
+    per_slice_ssim_lr = ssim(lr_slices[informative], hr_slices[informative]) if informative and not small else None
     metrics = {
         "reference": str(reference.path) if reference.path else "given",
         "psnr_sr": _number(_volume_psnr(sr_slices, hr_slices)),
         "psnr_lr": _number(_volume_psnr(lr_slices, hr_slices)),
-        "ssim_sr": None if small or not informative else _number(float(np.mean(ssim(sr_slices[informative], hr_slices[informative])))),
-        "ssim_lr": None if small or not informative else _number(float(np.mean(ssim(lr_slices[informative], hr_slices[informative])))),
+        "ssim_sr": None if per_slice_ssim_sr is None else _number(float(np.mean(per_slice_ssim_sr))),
+        "ssim_lr": None if per_slice_ssim_lr is None else _number(float(np.mean(per_slice_ssim_lr))),
         "psnr_ae_ceiling": _number(_volume_psnr(ae_slices, hr_slices)),
         "hallucinated_fraction": _number(float(np.nanmean([m.hallucinated_fraction for m in maps]))),
         "lost_fraction": _number(float(np.nanmean([m.lost_fraction for m in maps]))),
         "hallucination_k": k,
-        "per_slice": [{"slice": int(i), "psnr_sr": _number(a), "psnr_lr": _number(b)}
-                      for i, a, b in zip(informative, per_slice_sr, per_slice_lr)],
+        "per_slice": [{"slice": int(i), "psnr_sr": _number(per_slice_sr[n]), "psnr_lr": _number(per_slice_lr[n]),
+                       "ssim_sr": None if per_slice_ssim_sr is None else _number(per_slice_ssim_sr[n]),
+                       "ssim_lr": None if per_slice_ssim_lr is None else _number(per_slice_ssim_lr[n])}
+                      for n, i in enumerate(informative)],
         "units": "window [0, 1] (the volume's intensity window), PSNR peak 1",
     }
     if mask is not None:

@@ -170,6 +170,7 @@ def test_sr_command_on_brain_with_mask(model_folder, tmp_path, brats_flair, brat
     metrics = json.loads((out / "metrics.json").read_text())
     review = metrics["reference"]
     assert review["psnr_lr"] > 20 and review["psnr_sr"] is not None
+    assert review["per_slice"] and {"psnr_sr", "psnr_lr", "ssim_sr", "ssim_lr"} <= set(review["per_slice"][0])
     assert set(review["regions"]) == {"inside", "background"}
     assert review["regions"]["inside"]["pixels"] > 0
     sr = read_image(out / "sr.nii.gz")
