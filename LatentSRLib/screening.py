@@ -27,7 +27,7 @@ import torch
 
 from .errors import InputError, OutputError
 from .io import atomic_directory, refuse_overwriting_inputs
-from .slice_source import ModelSlice, SliceSelection, gather_slices
+from .slice_source import ModelSlice, SliceSelection, evenly_spaced, gather_slices
 
 __all__ = ["ScreenResult", "screen_autoencoders"]
 
@@ -127,7 +127,7 @@ def screen_autoencoders(
             row.update({m: float(scores[m][i]) if m in scores else math.nan for m in METRICS})
             row.update({f"psnr_{band}": float(values[i]) for band, values in bands.items()})
             rows.append(row)
-        examples[spec] = recon[_example_indices(len(slices))].numpy()[:, 0]
+        examples[spec] = recon[evenly_spaced(len(slices), 3)].numpy()[:, 0]
         del autoencoder
 
     summary = _summarise(rows, specs, slices, selection, perceptual, throughput, n_resamples, seed)
@@ -136,14 +136,10 @@ def screen_autoencoders(
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, allow_nan=True))
         (staging / "summary.md").write_text(_markdown(summary))
         _plot_fingerprint(summary, staging / "subband_fingerprint.png")
-        hr_examples = target[_example_indices(len(slices))].numpy()[:, 0]
-        ids = [slices[i].id for i in _example_indices(len(slices))]
+        hr_examples = target[evenly_spaced(len(slices), 3)].numpy()[:, 0]
+        ids = [slices[i].id for i in evenly_spaced(len(slices), 3)]
         _plot_examples(hr_examples, examples, ids, staging / "examples.png")
     return ScreenResult(outdir, rows, summary)
-
-
-def _example_indices(n: int, count: int = 3) -> list[int]:
-    return sorted(set(np.linspace(0, n - 1, min(count, n)).round().astype(int).tolist()))
 
 
 def _reconstruct(autoencoder, target: torch.Tensor, batch_size: int, device: torch.device, spec: str,

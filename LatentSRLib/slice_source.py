@@ -27,7 +27,7 @@ from .errors import InputError
 from .io import FORMATS, MedicalImage, check_pixels, read_image
 from .io.dicom_read import is_dicom_file
 
-__all__ = ["ModelSlice", "SliceSelection", "expand_inputs", "gather_slices", "model_slices", "subject_of"]
+__all__ = ["ModelSlice", "SliceSelection", "evenly_spaced", "expand_inputs", "gather_slices", "model_slices", "subject_of"]
 
 _IMAGE_ENDINGS = tuple(e for fmt, endings in FORMATS.items() if fmt != "dicom" for e in endings)
 
@@ -83,6 +83,14 @@ class SliceSelection:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
+def evenly_spaced(n: int, count: int) -> list[int]:
+    """At most ``count`` indices of ``range(n)``, evenly spaced from first to last (sorted, unique):
+    the one rule for every "subset of N" (slices per source, validation subsets, example figures)."""
+    if n <= 0 or count <= 0:
+        return []
+    return sorted(set(np.linspace(0, n - 1, min(count, n)).round().astype(int).tolist()))
+
+
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Sources named by ``inputs``: files as given; a folder holding DICOM files is one series;
     any other folder contributes its image files (recursively, sorted)."""
@@ -131,8 +139,7 @@ def model_slices(source: str | os.PathLike, selection: SliceSelection = SliceSel
     foreground = (slices > selection.background_level).mean(axis=(1, 2))
     kept = [i for i in range(0, len(slices), max(1, selection.every)) if foreground[i] >= selection.min_foreground]
     if selection.max_slices_per_source and len(kept) > selection.max_slices_per_source:
-        picks = np.linspace(0, len(kept) - 1, selection.max_slices_per_source).round().astype(int)
-        kept = [kept[i] for i in picks]
+        kept = [kept[i] for i in evenly_spaced(len(kept), selection.max_slices_per_source)]
     if not kept:
         return
     grid = ModelGrid(tuple(selection.size), fit=selection.fit)

@@ -52,6 +52,7 @@ import torch
 from .. import __version__
 from ..errors import InputError, OutputError
 from ..io.atomic import atomic_directory, refuse_overwriting_inputs
+from ..slice_source import evenly_spaced
 from .figures import save_examples, save_run_figures, write_spectra
 from .hallucination import BACKGROUND_LEVEL
 from .methods import BuildContext, MethodBatch, build_methods
@@ -130,10 +131,6 @@ def _check_arguments(methods, split, limit, samples, batch_size, k, n_resamples,
         if not ok:
             raise InputError(message)
     return [str(m) for m in methods]
-
-
-def _example_positions(n: int, count: int = EXAMPLES) -> list[int]:
-    return sorted(set(np.linspace(0, n - 1, min(count, n)).round().astype(int).tolist()))
 
 
 def evaluate(
@@ -233,7 +230,7 @@ def evaluate(
     if ms_problem:
         notes.append(f"MS-SSIM is n/a: {ms_problem}.")
     dataset_name = dataset.folder.name
-    example_rows = {items[i]["row"] for i in _example_positions(len(items))}
+    example_rows = {items[i]["row"] for i in evenly_spaced(len(items), EXAMPLES)}
     examples = {"ids": [], "hr": [], "lr": [], "predictions": {m.name: [] for m in built}}
     spectra: dict[str, np.ndarray] = {}
     frequencies = None

@@ -34,7 +34,7 @@ import numpy as np
 from .. import __version__
 from ..errors import InputError, OutputError
 from ..io.atomic import atomic_directory, refuse_overwriting_inputs
-from ..slice_source import SliceSelection, expand_inputs, model_slices
+from ..slice_source import SliceSelection, evenly_spaced, expand_inputs, model_slices
 from ..tasks import Task
 
 __all__ = [
@@ -315,7 +315,7 @@ class PreparedDataset:
         """``[{"row", "id", "subject"}]`` of a split, for MONAI datasets (``limit``: evenly spaced subset)."""
         rows = self.indices(split)
         if limit is not None and len(rows) > limit:
-            rows = [rows[i] for i in np.linspace(0, len(rows) - 1, limit).round().astype(int)]
+            rows = [rows[i] for i in evenly_spaced(len(rows), limit)]
         return [{"row": r, "id": self.rows[r]["id"], "subject": self.rows[r]["subject"]} for r in rows]
 
     def describe(self) -> str:
