@@ -81,18 +81,28 @@ def sr_setup(dataset_dir: str | os.PathLike, vae: str, *, device: str | torch.de
 
 
 class LoadLatentsd(MapTransform):
-    """Add ``"hr_latent"`` / ``"lr_latent"``: ``(C, h, w)`` float32 rows of the latent cache."""
+    """Add ``"hr_latent"`` / ``"lr_latent"``: ``(C, h, w)`` float32 rows of the latent cache.
+
+    The arrays are memory-mapped lazily in each process (like :class:`~.batches.LoadSlicesd`), so
+    ``DataLoader`` workers started with ``spawn`` do not receive a pickled copy of the cache.
+    """
 
     def __init__(self, cache: LatentCache, keys: KeysCollection = ("hr_latent", "lr_latent")) -> None:
         super().__init__(keys)
-        self.cache = cache
+        self.folder = cache.folder
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_arrays": {}}
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         out = dict(data)
         row = int(out["row"])
         for key in self.keys:
-            array = self.cache.hr if key == "hr_latent" else self.cache.lr
-            out[key] = torch.from_numpy(np.array(array[row], dtype=np.float32))
+            name = "hr" if key == "hr_latent" else "lr"
+            if name not in self._arrays:
+                self._arrays[name] = np.load(self.folder / f"{name}.npy", mmap_mode="r")
+            out[key] = torch.from_numpy(np.array(self._arrays[name][row], dtype=np.float32))
         return out
 
 
