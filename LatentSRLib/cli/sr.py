@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 _EXTENSIONS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "metaimage": ".mha", "dicom": ""}
+#: first word of a machine-readable progress line (``--progress lines``)
+PROGRESS_PREFIX = "PROGRESS"
 
 
 def register(subparsers) -> None:
@@ -38,6 +40,9 @@ def register(subparsers) -> None:
     parser.add_argument("--simulate-scale", type=int, default=None, metavar="S",
                         help="evaluation mode: degrade INPUT as the model's task does (its factor must be S) and "
                         "super-resolve that, with INPUT as the reference")
+    parser.add_argument("--progress", choices=("bar", "lines"), default="bar",
+                        help="bar: a progress bar on stderr; lines: 'PROGRESS <fraction> <message>' lines on "
+                        "stdout, for a caller running this command in the background (the Slicer module)")
     parser.add_argument("--format", choices=tuple(_EXTENSIONS), default="nifti",
                         help="output format (default nifti; dicom writes derived series of the input's study)")
     parser.set_defaults(run=run)
@@ -74,15 +79,26 @@ def run(args: argparse.Namespace) -> int:
     image = read_image(args.input)
     reference = read_image(args.reference) if args.reference else None
     mask = read_image(args.mask) if args.mask else None
-    with tqdm(total=100, desc="super-resolving", unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]") as bar:
-        def progress(fraction: float, message: str) -> None:
-            bar.n = round(100 * fraction, 1)
-            bar.set_postfix_str(message)
-            bar.refresh()
 
-        result = super_resolve_volume(model, image, plane=args.axis, settings=settings, reference=reference,
-                                      mask=mask, simulate=args.simulate_scale is not None, device=args.device,
-                                      progress=progress)
+    def run_engine(progress):
+        return super_resolve_volume(model, image, plane=args.axis, settings=settings, reference=reference,
+                                    mask=mask, simulate=args.simulate_scale is not None, device=args.device,
+                                    progress=progress)
+
+    if args.progress == "lines":
+        def report(fraction: float, message: str) -> None:
+            print(f"{PROGRESS_PREFIX} {fraction:.4f} {message}", flush=True)
+
+        result = run_engine(report)
+    else:
+        with tqdm(total=100, desc="super-resolving", unit="%",
+                  bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]") as bar:
+            def advance(fraction: float, message: str) -> None:
+                bar.n = round(100 * fraction, 1)
+                bar.set_postfix_str(message)
+                bar.refresh()
+
+            result = run_engine(advance)
     outdir.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, output in result.outputs().items():

@@ -217,3 +217,35 @@ def test_cancel_between_batches_and_progress(model):
         super_resolve_volume(model, image, settings=SRSettings(batch_size=5), device="cpu",
                              cancelled=cancel_after_two_batches)
     assert len(calls) == 3  # stopped at the third batch, the rest never ran
+
+
+def test_background_run_reports_progress_and_can_be_cancelled(model_folder, tmp_path):
+    import time
+
+    from LatentSRLib.inference.background import BackgroundSR
+    from LatentSRLib.io import write_image
+
+    image = small_volume(np.eye(3))
+    write_image(image, tmp_path / "in.nii.gz")
+    env = {"OMP_NUM_THREADS": "1"}
+    run = BackgroundSR([str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "out"), "--model", str(model_folder),
+                        "--batch-size", "5", "--device", "cpu"], env=env).start()
+    assert run.wait(timeout=300) == 0, run.log
+    events = run.poll()
+    assert [e.fraction for e in events] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert events[-1].message == "20/20 slices" and run.error is None
+    assert (tmp_path / "out" / "sr.nii.gz").is_file()
+
+    slow = BackgroundSR([str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "cancelled"), "--model", str(model_folder),
+                         "--batch-size", "1", "--samples", "8", "--steps", "50", "--device", "cpu"], env=env).start()
+    deadline = time.time() + 120
+    while not slow.poll() and time.time() < deadline:  # wait until it is really working
+        time.sleep(0.2)
+    slow.cancel()
+    assert not slow.running and slow.cancelled and slow.error is None
+    assert not (tmp_path / "cancelled" / "metrics.json").exists()  # nothing half-written
+
+    failing = BackgroundSR([str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "x"), "--model", str(model_folder)],
+                           env=env).start()
+    assert failing.wait(timeout=120) == 2
+    assert "missing.nii.gz" in failing.error and "error" in failing.error
