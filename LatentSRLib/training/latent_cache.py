@@ -151,13 +151,22 @@ def open_latent_cache(dataset: PreparedDataset | str | os.PathLike, autoencoder:
     folder = Path(folder) if folder is not None else default_cache_folder(dataset, identity)
     if not (folder / "cache.json").is_file():
         raise InputError(f"no latent cache for {autoencoder.spec!r} here; build it first", folder)
+    return _open_complete(folder, dataset, identity, "build a new one")
+
+
+def _matching_info(folder: Path, identity: Mapping[str, Any], remedy: str) -> dict[str, Any]:
+    """The cache's ``cache.json``, refused (naming what differs) when it was made by something else."""
     info = _read_info(folder)
     differs = _differences(identity, info.get("identity", {}))
     if differs:
         raise InputError(f"this latent cache was made with a different {', '.join(differs)} "
                          f"(cache: {info['identity']['autoencoder']['spec']!r}, task "
-                         f"{info['identity']['dataset']['task']['name']}); build a new one", folder)
-    cache = LatentCache(folder, info, dataset)
+                         f"{info['identity']['dataset']['task']['name']}); {remedy}", folder)
+    return info
+
+
+def _open_complete(folder: Path, dataset: PreparedDataset, identity: Mapping[str, Any], remedy: str) -> LatentCache:
+    cache = LatentCache(folder, _matching_info(folder, identity, remedy), dataset)
     if not cache.complete:
         raise InputError(f"the latent cache is unfinished ({int(cache.done.sum())}/{len(cache)} rows); "
                          "run the cache build again to resume it", folder)
@@ -191,11 +200,7 @@ def build_latent_cache(
         raise InputError(f"slices of {height}x{width} are not a multiple of the autoencoder's factor {f}", dataset.folder)
     shape = (n, autoencoder.latent_channels, height // f, width // f)
     if (folder / "cache.json").is_file():
-        info = _read_info(folder)
-        differs = _differences(identity, info.get("identity", {}))
-        if differs:
-            raise InputError(f"a latent cache made with a different {', '.join(differs)} is in the way; "
-                             "choose another folder or delete it", folder)
+        info = _matching_info(folder, identity, "it is in the way: choose another folder or delete it")
     else:
         folder.mkdir(parents=True, exist_ok=True)
         for name in ("hr", "lr"):
@@ -227,4 +232,5 @@ def build_latent_cache(
         info["seconds"] = round(float(info.get("seconds", 0.0)) + time.perf_counter() - started, 2)
         with atomic_path(folder / "cache.json") as tmp:
             tmp.write_text(json.dumps(info, indent=2) + "\n")
-    return open_latent_cache(dataset, autoencoder, folder)
+    # the identity was checked above: reopen read-only without hashing the weights again
+    return _open_complete(folder, dataset, identity, "build a new one")
