@@ -36,7 +36,7 @@ from ..transforms.intensity import IntensityWindow, PercentileWindow
 from ..transforms.slicing import ModelGrid, SliceLayout
 from .devices import autocast_for, default_batch_size, resolve_device, run_in_batches
 
-__all__ = ["Cancelled", "SRSettings", "VolumeResult", "consistency_map", "super_resolve_volume"]
+__all__ = ["Cancelled", "SRSettings", "VolumeResult", "consistency_map", "data_consistent", "super_resolve_volume"]
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -113,6 +113,16 @@ def consistency_map(sr: torch.Tensor, lr: torch.Tensor, task: Task) -> torch.Ten
     return (torch.as_tensor(task.degradation()(sr)) - lr).abs()
 
 
+def data_consistent(sr: torch.Tensor, lr: torch.Tensor, task: Task) -> torch.Tensor:
+    """One projection step towards the measurement: ``SR + (LR - degrade(SR))``, clipped to [0, 1].
+
+    Degrading the result then reproduces the LR input far more closely, and whatever the model got
+    wrong in the bands the measurement kept (e.g. an autoencoder's low-frequency intensity bias) is
+    replaced by what was measured. ``(B, 1, H, W)`` images in [0, 1] on the HR grid.
+    """
+    return (sr + (lr - torch.as_tensor(task.degradation()(sr)))).clamp(0, 1)
+
+
 def _window_for(model: SRModel, image: MedicalImage) -> IntensityWindow:
     grid = model.config.get("grid", {})
     lower = float(grid.get("lower_percentile", 0.5))
@@ -180,7 +190,6 @@ def super_resolve_volume(
     grid = ModelGrid(tuple(grid_info.get("size", (256, 256))), fit=grid_info.get("fit", "pad"))
     spacing = layout.pixel_spacing
     n = lr_slices.shape[0]
-    degrade = task.degradation()
     f = model.autoencoder.downsampling_factor
     latent_shape = (model.autoencoder.latent_channels, grid.size[0] // f, grid.size[1] // f)
 
@@ -205,7 +214,7 @@ def super_resolve_volume(
             mean = stack.mean(0)
             std = stack.std(0, unbiased=False) if settings.samples > 1 else torch.zeros_like(mean)
             if settings.data_consistency:
-                mean = (mean + (lr_model - torch.as_tensor(degrade(mean)))).clamp(0, 1)
+                mean = data_consistent(mean, lr_model, task)
             disagreement = consistency_map(mean, lr_model, task)
         back = [grid.from_model(x[:, 0].float().cpu(), layout.slice_shape, spacing).numpy() for x in (mean, std, disagreement)]
         return rows, back

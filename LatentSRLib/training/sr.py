@@ -29,7 +29,9 @@ from ..autoencoders.base import Autoencoder
 from ..autoencoders.latent_stats import LatentStats
 from ..diffusion import ConditionalDenoiser, build_denoiser, objective_from_dict, sample
 from ..errors import InputError
+from ..inference.engine import data_consistent
 from ..sr_model import save_sr_model
+from ..tasks import Task
 from .batches import LoadSlicesd
 from .runs import ExportOnCompletion
 from .checkpoints import BEST
@@ -129,13 +131,29 @@ def make_denoiser(preset: str, setup: SRSetup, **overrides: Any) -> ConditionalD
     return build_denoiser(preset, setup.latent_channels, **overrides)
 
 
+def ema_decay_at(decay: float, updates: int) -> float:
+    """The EMA decay used for update number ``updates`` (0-based): ``min(decay, (1 + n) / (10 + n))``.
+
+    The warm-up keeps a short run's average from being mostly the random initial weights: with a
+    fixed 0.999, 400 updates still leave 67% of the weight on initialisation.
+    """
+    return min(float(decay), (1.0 + updates) / (10.0 + updates))
+
+
 def make_ema(network: nn.Module, decay: float) -> nn.Module | None:
-    """An exponential moving average of ``network``'s weights (``None`` when ``decay`` is 0)."""
+    """An exponential moving average of ``network``'s weights with a warm-up (:func:`ema_decay_at`);
+    ``None`` when ``decay`` is 0. The update count lives in the averaged model's state, so a resumed
+    run continues the same schedule."""
     if not decay:
         return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from torch.optim.swa_utils import AveragedModel
 
-    return AveragedModel(_unwrap(network), multi_avg_fn=get_ema_multi_avg_fn(float(decay)), use_buffers=True)
+    @torch.no_grad()
+    def warmed_up_ema(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+        weight = 1.0 - ema_decay_at(decay, int(updates))
+        torch._foreach_lerp_(averaged, current, weight)
+
+    return AveragedModel(_unwrap(network), multi_avg_fn=warmed_up_ema, use_buffers=True)
 
 
 class SRTrainStep:
@@ -183,13 +201,17 @@ class SREvalStep:
 
     Uses the EMA weights when given. Sampling is seeded per validation (``seed``), so successive
     validations differ only by the weights. Returns ``{"pred": SR (B,1,H,W), "label": true HR,
-    "lr": the LR input, "id": [...]}``, images in [0, 1].
+    "lr": the LR input, "id": [...]}``, images in [0, 1]; with ``task`` also ``"pred_dc"``, the SR
+    after one data-consistency projection (:func:`~LatentSRLib.inference.engine.data_consistent`),
+    what ``latentsr sr --data-consistency`` would output.
     """
 
     def __init__(self, objective: Mapping[str, Any], autoencoder: Autoencoder, *, steps: int = 20,
-                 sampler: str | None = None, ema: nn.Module | None = None, seed: int = 0) -> None:
+                 sampler: str | None = None, ema: nn.Module | None = None, seed: int = 0,
+                 task: Task | None = None) -> None:
         self.objective = objective_from_dict(objective)
         self.autoencoder = autoencoder
+        self.task = task
         self.steps = int(steps)
         self.sampler = sampler
         self.ema = ema
@@ -217,8 +239,12 @@ class SREvalStep:
         with torch.autocast(device.type, enabled=bool(engine.amp)):
             latents = sample(self.objective, network, condition, steps=self.steps, sampler=self.sampler, noise=noise)
         self.autoencoder.to(device)
-        pred = self.autoencoder.decode(latents.float())
-        return {"pred": pred, "label": batch["hr"].to(device), "lr": batch["lr"].to(device), "id": batch.get("id")}
+        pred = self.autoencoder.decode(latents.float()).clamp(0, 1)
+        lr = batch["lr"].to(device)
+        out = {"pred": pred, "label": batch["hr"].to(device), "lr": lr, "id": batch.get("id")}
+        if self.task is not None:
+            out["pred_dc"] = data_consistent(pred.cpu(), lr.cpu(), self.task).to(device)
+        return out
 
 
 class ExportSRModel(ExportOnCompletion):

@@ -550,3 +550,23 @@ def test_objective_bad_arguments_name_the_valid_choices():
         objective_from_dict({"kind": "ddpm", "predict": "x0"})
     with pytest.raises(ValueError, match="same"):
         DDPMObjective().training_loss(lambda x, t, c: x, torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 8, 8))
+
+
+def test_ema_warms_up_then_holds_its_decay():
+    from LatentSRLib.training.sr import ema_decay_at, make_ema
+
+    assert ema_decay_at(0.999, 0) == pytest.approx(0.1)
+    assert ema_decay_at(0.999, 90) == pytest.approx(0.91)
+    assert ema_decay_at(0.999, 10**6) == 0.999
+    network = torch.nn.Linear(1, 1, bias=False)
+    ema = make_ema(network, 0.999)
+    expected = None
+    for step, value in enumerate([1.0, 5.0, 3.0, -2.0]):
+        network.weight.data.fill_(value)
+        ema.update_parameters(network)
+        # the first update copies; update n (1-based count n) blends with the warmed-up decay
+        expected = value if expected is None else ema_decay_at(0.999, step) * expected + (1 - ema_decay_at(0.999, step)) * value
+        assert ema.module.weight.item() == pytest.approx(expected)
+    # a fixed 0.999 would still sit near the first value; the warm-up follows the weights
+    assert abs(ema.module.weight.item() - 1.0) > 1.0
+    assert make_ema(network, 0) is None
