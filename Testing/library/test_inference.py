@@ -9,43 +9,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from LatentSRLib.autoencoders import load_autoencoder
-from LatentSRLib.autoencoders.latent_stats import LatentStats
-from LatentSRLib.autoencoders.monai_kl import save_monai_autoencoder
-from LatentSRLib.diffusion import DDPMObjective, build_denoiser
 from LatentSRLib.errors import InputError
 from LatentSRLib.inference import SRSettings, run_in_batches, super_resolve_volume
 from LatentSRLib.inference.engine import consistency_map
 from LatentSRLib.io import MedicalImage, read_image
-from LatentSRLib.sr_model import load_sr_model, save_sr_model
+from LatentSRLib.sr_model import load_sr_model
 from LatentSRLib.tasks import parse_task
-from LatentSRLib.training.autoencoder import autoencoder_config, build_autoencoder
-from LatentSRLib.training.latent_cache import weights_fingerprint
+from conftest import make_tiny_sr_model
 
 GRID = 64
 
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
-    """A tiny untrained model on a 64x64 grid (geometry and plumbing do not need a trained one)."""
-    root = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    config = autoencoder_config(downsampling=4, latent_channels=2, width=8)
-    save_monai_autoencoder(build_autoencoder(config), root / "vae", config)
-    autoencoder = load_autoencoder(f"monai:{root / 'vae'}", latent_stats=None)
-    stats = LatentStats.estimate(autoencoder, [np.random.default_rng(0).random((4, GRID, GRID), dtype=np.float32)])
-    denoiser = build_denoiser("tiny", 2)
-    with torch.no_grad():  # MONAI zero-initialises the output layer: give the untrained net a noise-dependent output
-        for parameter in denoiser.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    save_sr_model(root / "model", denoiser, objective=DDPMObjective().to_dict(),
-                  autoencoder={"spec": f"monai:{root / 'vae'}", "name": "vae",
-                               "weights_sha256": weights_fingerprint(autoencoder), "latent_channels": 2,
-                               "downsampling_factor": 4},
-                  latent_stats=stats, task=parse_task("sr4").to_dict(),
-                  grid={"size": [GRID, GRID], "fit": "pad", "lower_percentile": 0.5, "upper_percentile": 99.5},
-                  sampling={"sampler": "ddim", "steps": 2})
-    return root / "model"
+    return make_tiny_sr_model(tmp_path_factory.mktemp("model"), grid=GRID)
 
 
 @pytest.fixture()
