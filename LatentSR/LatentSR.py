@@ -17,7 +17,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from LatentSRLogic import DEFAULTS, OUTPUTS, LatentSRLogic, formatDuration, missingRequirements
+from LatentSRLogic import OUTPUTS, LatentSRLogic, formatDuration, missingRequirements
 
 REQUIREMENTS = Path(__file__).resolve().parent / "Resources" / "requirements.txt"
 # the widgets that edit a plain parameter: (widget name, parameter, kind)

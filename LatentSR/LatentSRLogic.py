@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -31,6 +30,12 @@ import numpy as np
 import slicer
 import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+
+# A development checkout (the module folder added to Slicer's module paths) has LatentSRLib beside
+# the module folder; an installed extension has it in the module's lib dir, already on sys.path.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+if (_CHECKOUT / "LatentSRLib" / "__init__.py").is_file() and str(_CHECKOUT) not in sys.path:
+    sys.path.append(str(_CHECKOUT))
 
 PLANES = ("axial", "coronal", "sagittal")
 DEVICES = ("auto", "cuda", "cpu")
@@ -460,19 +465,37 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
             return
         extent = float(np.percentile(np.abs(array), 99.5)) or float(np.abs(array).max()) or 1.0
         display.SetAutoWindowLevel(False)
-        if role == "difference":  # signed: symmetric window, diverging colours
+        signed = role == "difference"
+        if signed:  # symmetric window: zero in the middle of the table
             display.SetWindowLevelMinMax(-extent, extent)
-            display.SetAndObserveColorNodeID(self.colorNodeID("vtkMRMLColorTableNodeFileDivergingBlueRed.txt",
-                                                              "vtkMRMLColorTableNodefMRI"))
         else:
             display.SetWindowLevelMinMax(0.0, extent)
-            display.SetAndObserveColorNodeID(self.colorNodeID("vtkMRMLColorTableNodeFileInferno.txt",
-                                                              "vtkMRMLColorTableNodeIron"))
+        display.SetAndObserveColorNodeID(self.overlayColorNode(signed).GetID())
 
     @staticmethod
-    def colorNodeID(preferred: str, fallback: str) -> str:
-        # Slicer loads its colour files at start-up; a bare scene only has the built-in tables
-        return preferred if slicer.mrmlScene.GetNodeByID(preferred) is not None else fallback
+    def overlayColorNode(signed: bool):
+        """The overlay colours, transparent at zero so the SR shows through where a map is zero:
+        signed (difference) blue for negative, red for positive; magnitude (uncertainty,
+        consistency) dark red to yellow. Opacity grows with the magnitude."""
+        name = "LatentSR signed map" if signed else "LatentSR magnitude map"
+        node = slicer.mrmlScene.GetFirstNodeByName(name)
+        if node is not None and node.IsA("vtkMRMLColorTableNode"):
+            return node
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
+        node.SetTypeToUser()
+        node.SetNumberOfColors(256)
+        for index in range(256):
+            if signed:
+                t = (index - 127.5) / 127.5
+                rgb = (1.0, 0.25, 0.1) if t > 0 else (0.15, 0.45, 1.0)
+                alpha = min(1.0, 1.5 * abs(t))
+            else:
+                t = index / 255.0
+                rgb = (min(1.0, 0.4 + 1.8 * t), min(1.0, max(0.0, 2.0 * t - 0.4)), max(0.0, 3.0 * t - 2.0))
+                alpha = min(1.0, 2.0 * t)
+            node.SetColor(index, "", *rgb, alpha)
+        node.SetAttribute("Category", "LatentSR")
+        return node
 
     @staticmethod
     def hallucinationColorNode():

@@ -86,11 +86,10 @@ if slicer is not None:
     _install_shim()
 
 
-@pytest.fixture()
-def scene():
-    """A fresh MRML scene set as ``slicer.mrmlScene``, with what Slicer's GUI would have created."""
-    if slicer is None:
-        pytest.skip("slicer-core is not installed (pip install -e '.[test]')")
+def make_scene():
+    """A fresh MRML scene set as ``slicer.mrmlScene``, with what Slicer's GUI would have created:
+    colour tables, layout node, the Red and Yellow slice views (``scene.views``: their slice logics,
+    for rendering) and a table view."""
     scene = slicer.vtkMRMLScene()
     slicer.mrmlScene = scene
     application = slicer.vtkMRMLApplicationLogic()
@@ -108,9 +107,17 @@ def scene():
         views[name] = logic
     table_view = scene.AddNewNodeByClass("vtkMRMLTableViewNode")
     table_view.SetSingletonTag("TableView1")
-    scene.views = views  # the slice logics, for rendering
+    scene.views = views
     scene.keep_alive = (application, colors)
-    yield scene
+    return scene
+
+
+@pytest.fixture()
+def scene():
+    """:func:`make_scene` for one test."""
+    if slicer is None:
+        pytest.skip("slicer-core is not installed (pip install -e '.[test]')")
+    yield make_scene()
     slicer.mrmlScene = None
 
 
