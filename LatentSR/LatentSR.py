@@ -159,7 +159,7 @@ class LatentSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if kind == "path":
                     widget.currentPath = value
                 elif kind == "combo":
-                    widget.currentText = value
+                    widget.setCurrentIndex(max(0, widget.findText(value)))
                 elif kind == "spin":
                     widget.value = int(value or 0)
                 elif kind == "slider":

@@ -6,6 +6,8 @@ A model folder holds::
     config.json            everything needed to rebuild and use the model (below)
     denoiser.safetensors   the denoiser's weights (the EMA weights when training kept an EMA)
     latent_stats.json      the autoencoder's latent normalisation the model was trained with (rule 4)
+    autoencoder/           only in a packaged model (:func:`package_sr_model`): its own autoencoder,
+                           referenced by a spec relative to the model folder (``monai:autoencoder``)
 
 ``config.json``: ``{"format": "latentsr.sr_model", "version": 1, "denoiser": {preset, latent_channels,
 network}, "objective": {kind, ...}, "autoencoder": {spec, name, weights_sha256, latent_channels,
@@ -33,7 +35,7 @@ from .errors import InputError
 from .io.atomic import atomic_path
 from .tasks import Task
 
-__all__ = ["SRModel", "load_sr_model", "save_sr_model", "MODEL_FORMAT"]
+__all__ = ["SRModel", "load_sr_model", "package_sr_model", "save_sr_model", "MODEL_FORMAT"]
 
 MODEL_FORMAT = "latentsr.sr_model"
 _VERSION = 1
@@ -160,6 +162,7 @@ def load_sr_model(folder: str | os.PathLike, *, device: str | torch.device = "cp
         raise InputError(f"not a LatentSR model folder: its config.json is of kind {kind!r}{hint}", folder)
     try:
         denoiser = ConditionalDenoiser.from_config(config["denoiser"])
+        # a packaged model may store half-precision weights: they are cast to float32 here
         denoiser.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
         stats = LatentStats.load(folder / STATS_FILE_NAME)
     except InputError:
@@ -168,7 +171,7 @@ def load_sr_model(folder: str | os.PathLike, *, device: str | torch.device = "cp
         raise InputError(f"damaged model folder: {str(exc).splitlines()[0]}", folder) from None
     recorded = config["autoencoder"]
     if autoencoder is None or isinstance(autoencoder, str):
-        autoencoder = load_autoencoder(autoencoder or recorded["spec"], latent_stats=None)
+        autoencoder = load_autoencoder(autoencoder or _resolve_spec(recorded["spec"], folder), latent_stats=None)
     expected = recorded.get("weights_sha256")
     if expected and weights_fingerprint(autoencoder) != expected:
         raise InputError(f"the autoencoder {autoencoder.spec!r} is not the one this model was trained with "
@@ -177,3 +180,47 @@ def load_sr_model(folder: str | os.PathLike, *, device: str | torch.device = "cp
     autoencoder.latent_stats = stats
     model = SRModel(folder, config, denoiser, autoencoder)
     return model.to(device)
+
+
+def _resolve_spec(spec: str, folder: Path) -> str:
+    """A recorded ``scheme:relative/path`` is relative to the model folder (packaged models)."""
+    scheme, _, target = spec.partition(":")
+    if scheme in ("monai", "tiny", "diffusers") and target and not Path(target).is_absolute() \
+            and (folder / target.split("#")[0]).exists():
+        return f"{scheme}:{folder / target}"
+    return spec
+
+
+def package_sr_model(source: str | os.PathLike, target: str | os.PathLike, *, half: bool = True) -> Path:
+    """Write a self-contained copy of a model folder that can be moved or shipped.
+
+    A ``monai:`` autoencoder is copied into ``target/autoencoder`` and referenced relatively
+    (its weights unchanged, so the recorded fingerprint still holds); other specs (``medvae:``
+    names, hub ids) are kept as they are. With ``half`` the denoiser's floating-point weights are
+    stored as float16 (about half the size; they are cast back to float32 on loading) and the
+    config records it. The folder is written atomically.
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from .io.atomic import atomic_directory
+
+    source, target = Path(source), Path(target)
+    model = load_sr_model(source)  # validates the folder and its autoencoder
+    config = json.loads(json.dumps(model.config))
+    with atomic_directory(target) as staging:
+        recorded = config["autoencoder"]
+        scheme, _, where = _resolve_spec(recorded["spec"], source).partition(":")
+        if scheme == "monai":
+            shutil.copytree(where, staging / "autoencoder")
+            recorded["spec"] = "monai:autoencoder"
+        state = load_file(str(source / WEIGHTS_FILE))
+        if half:
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": MODEL_FORMAT})
+        shutil.copy2(source / STATS_FILE_NAME, staging / STATS_FILE_NAME)
+        config["weights_dtype"] = "float16" if half else "float32"
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        load_sr_model(staging)  # the copy loads on its own
+    return target

@@ -5,6 +5,7 @@ One idea per module:
 * ``metrics``: per-image PSNR, SSIM, MS-SSIM (torchmetrics);
 * ``frequency``: 3-level Haar subband PSNR and the radial power spectrum;
 * ``perceptual``: LPIPS, labelled with the network that computed it (offline stand-in if needed);
+* ``fid``: FID of a set of predictions against the set of true images, labelled likewise;
 * ``statistics``: pairing by image id, paired bootstrap CIs, Wilcoxon, d_z and pooled Cohen's d,
   Holm correction, summaries and patient-level aggregation;
 * ``hallucination``: hallucinated / lost pixels beyond the method's own VAE noise floor, and maps;
@@ -23,6 +24,7 @@ Each module lists its public names in ``__all__``.
 """
 
 from .agreement import *  # noqa: F401,F403
+from .fid import *  # noqa: F401,F403
 from .frequency import *  # noqa: F401,F403
 from .hallucination import *  # noqa: F401,F403
 from .latent_fidelity import *  # noqa: F401,F403

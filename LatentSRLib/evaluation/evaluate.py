@@ -7,6 +7,7 @@ its arguments and the run folder and runs the steps in order. Each step lives in
 * :mod:`.methods`: the methods (SR models, their AE ceilings, interpolation baselines);
 * :mod:`.scoring`: every method scored against the TRUE high-resolution slice (design rule 1),
   image by image, into per-image rows;
+* :mod:`.fid`: FID per method, a set statistic (all predictions against all true slices);
 * :mod:`.rows`: the rows' columns, ``per_image.csv``, pairing by image id (rule 2);
 * :mod:`.row_statistics`: every statistic, paired (rule 7), from the rows;
 * :mod:`.tables`: the Markdown tables; :mod:`.figures`: the figures and the saved spectra and
@@ -17,7 +18,8 @@ The run folder, written atomically (an interrupted run leaves the previous one o
     RUN_DIR/
       per_image.csv         one row per (image, method), columns in :mod:`.rows`
       summary.json          settings, dataset, methods, networks, every statistic, the files
-      tables.md             Table 1, 2, S6, S7, S8, S9, S11 and the runtime, from per_image.csv by code
+      tables.md             Table 1, 2, S6, S7, S8, S9, S11, S12 and the runtime, from per_image.csv
+                            (and, for S12, the FID values saved in summary.json) by code
       report.md             settings, methods, networks, the tables and the figures together
       radial_spectrum.csv   mean radial power spectrum of every method and of the true image
       examples.npz          a few example slices (HR, LR, every prediction) the image figures are drawn from
@@ -26,13 +28,17 @@ The run folder, written atomically (an interrupted run leaves the previous one o
       ceiling_regression.png (only with at least 3 SR-model x dataset points)
 
 LPIPS is computed by :class:`.perceptual.LPIPSMetric` and its network named in the column, the
-tables, the figures and the report (the offline ST-LPIPS stand-in is labelled as such). FID is not
-computed yet.
+tables, the figures and the report (the offline ST-LPIPS stand-in is labelled as such). FID is
+computed by :class:`.fid.FIDMetric`: one value per method over all its predictions against all
+the true slices of the split, Inception FID (torchmetrics) when its weights are available, else
+the offline ST-LPIPS AlexNet feature distance, labelled as such in Table S12 and the report; a
+split of fewer than 2048 slices gets a warning in the log, the table and the report's notes.
 
 Per-image rows -> statistics -> tables (design rule 9). Everything after the scoring, the
 statistics in ``summary.json``, every table in ``tables.md`` and every figure, is computed from the
 rows as read back from ``per_image.csv`` (and from ``radial_spectrum.csv`` / ``examples.npz`` for
-the spectrum and the image montages); :func:`.tables.tables_from_rows` reproduces ``tables.md``.
+the spectrum and the image montages); FID, a set statistic with no per-image value, is saved in
+``summary.json`` (``tables.fid``). :func:`.tables.tables_from_rows` reproduces ``tables.md``.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +60,7 @@ from .. import __version__
 from ..errors import InputError, OutputError
 from ..io.atomic import atomic_directory, refuse_overwriting_inputs
 from ..slice_source import evenly_spaced
+from .fid import FID_MIN_SAMPLES, FIDSampleSizeWarning
 from .figures import save_examples, save_run_figures, write_spectra
 from .hallucination import BACKGROUND_LEVEL
 from .methods import BuildContext, MethodBatch, build_methods
@@ -66,7 +74,7 @@ from .tables import tables_from_statistics
 __all__ = ["EVALUATION_FORMAT", "EvaluationResult", "evaluate", "is_evaluation_folder"]
 
 EVALUATION_FORMAT = "latentsr.evaluation"
-_VERSION = 1
+_VERSION = 2  # 2: summary.json's "fid" is a record with the FID values (was a string)
 SUMMARY_FILE = "summary.json"
 EXAMPLES = 3
 
@@ -148,6 +156,8 @@ def evaluate(
     device: str = "auto",
     lpips: bool = True,
     lpips_download: bool = True,
+    fid: bool = True,
+    fid_download: bool = True,
     k: float = 2.0,
     n_resamples: int = 10_000,
     holm: bool = False,
@@ -174,6 +184,11 @@ def evaluate(
         lpips: compute LPIPS when a network is available (its name goes into the column and tables).
         lpips_download: let torchvision download the ImageNet AlexNet weights of the published LPIPS
             when they are not cached; without them the offline ST-LPIPS stand-in is used (labelled).
+        fid: compute FID per method (all predictions against all true slices of the split) when a
+            feature network is available (named in Table S12 and the report).
+        fid_download: let torch-fidelity download the Inception-v3 weights of the published FID when
+            they are not cached; without them (or without torch-fidelity) the offline ST-LPIPS
+            AlexNet feature distance is used (labelled, not comparable with Inception FID).
         k: hallucination noise floor, ``tau = mean + k * SD`` of ``|AE - HR|``.
         n_resamples: bootstrap resamples of every CI.
         holm: Holm-adjust the p-values within each (dataset, metric) family.
@@ -194,6 +209,7 @@ def evaluate(
 
     from ..inference.devices import resolve_device
     from ..training.dataset import PreparedDataset
+    from .fid import FIDMetric
     from .perceptual import LPIPSMetric
 
     say = log or logger.info
@@ -224,6 +240,19 @@ def evaluate(
             say(f"LPIPS skipped: {perceptual.reason}")
             perceptual = None
 
+    fid_metric = None
+    fid_info = {"name": None, "label": None, "reason": "switched off (fid=False)", "min_samples": FID_MIN_SAMPLES,
+                "values": {}}
+    if fid:
+        fid_metric = FIDMetric(device=torch_device, allow_download=bool(fid_download), batch_size=int(batch_size))
+        if fid_metric.available:
+            fid_info.update(name=fid_metric.name, label=fid_metric.label, reason=fid_metric.reason)
+            say(f"FID network: {fid_metric.label}")
+        else:
+            fid_info["reason"] = fid_metric.reason
+            say(f"FID skipped: {fid_metric.reason}")
+            fid_metric = None
+
     height, width = dataset.size
     notes: list[str] = []
     ms_problem = ms_ssim_size_problem(height, width)
@@ -248,6 +277,8 @@ def evaluate(
         batch_rows, frequencies, power = score_batch(batch, chunk, built, outputs, dataset=dataset_name,
                                                      perceptual=perceptual, ms_ssim_undefined=bool(ms_problem), k=k)
         rows += batch_rows
+        if fid_metric is not None:  # a set statistic: accumulated over the whole split
+            fid_metric.update(hr, {m.name: outputs[m.name].predictions for m in built})
         for name, total in power.items():
             spectra[name] = spectra.get(name, 0.0) + total
         for i, index in enumerate(indices):
@@ -262,13 +293,27 @@ def evaluate(
     elapsed = time.perf_counter() - started
     say(f"evaluated {len(items)} slices x {len(built)} methods in {elapsed:.1f} s on {torch_device}")
     mean_spectra = {name: np.asarray(total) / len(items) for name, total in spectra.items()}
+    if fid_metric is not None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FIDSampleSizeWarning)  # routed to the log and the notes below
+            results = fid_metric.compute()
+        fid_info["values"] = {dataset_name: {name: {"value": r.value, "n": r.n, "n_true": r.n_true}
+                                             for name, r in results.items()}}
+        for name, r in results.items():
+            say(f"{fid_metric.name} {name}: {r.value:.4g} (n = {r.n} predictions, {r.n_true} true slices)")
+        for warning in caught:
+            if issubclass(warning.category, FIDSampleSizeWarning):
+                notes.append(f"FID {warning.message}.")
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
     table_settings = {"reference": next((m.name for m in built if m.kind == "sr_model"), built[0].name),
                       "aggregate": aggregate, "lpips_label": lpips_info["label"], "k": float(k),
-                      "n_resamples": int(n_resamples), "seed": int(seed), "holm": bool(holm)}
+                      "n_resamples": int(n_resamples), "seed": int(seed), "holm": bool(holm), "fid": fid_info}
     settings = {"dataset_dir": str(dataset.folder.resolve()), "dataset": dataset_name, "split": split,
                 "limit": limit, "steps": steps, "sampler": sampler, "samples": int(samples), "seed": int(seed),
-                "batch_size": int(batch_size), "device": str(torch_device), "lpips": bool(lpips), "k": float(k),
+                "batch_size": int(batch_size), "device": str(torch_device), "lpips": bool(lpips), "fid": bool(fid),
+                "k": float(k),
                 "n_resamples": int(n_resamples), "holm": bool(holm), "aggregate": aggregate,
                 "reference": table_settings["reference"],
                 "hallucination_region": f"anatomy: HR > {BACKGROUND_LEVEL} with enclosed holes filled",
@@ -278,7 +323,7 @@ def evaluate(
         saved_rows = read_rows(staging / "per_image.csv")  # tables and statistics come from the file
         stats = statistics_from_rows(saved_rows, reference=table_settings["reference"], aggregate=aggregate,
                                      n_resamples=n_resamples, seed=seed, holm=holm)
-        tables = tables_from_statistics(stats, lpips_info["label"], k)
+        tables = tables_from_statistics(stats, lpips_info["label"], k, fid_info)
         (staging / "tables.md").write_text(tables)
         write_spectra(staging / "radial_spectrum.csv", frequencies, mean_spectra)
         save_examples(staging / "examples.npz", examples["ids"], np.stack(examples["hr"]), np.stack(examples["lr"]),
@@ -300,7 +345,7 @@ def evaluate(
                         "lr_grid": dataset.info.get("lr_grid")},
             "reference_image": "the true high-resolution slice (every method is scored against it)",
             "lpips": lpips_info,
-            "fid": "not computed yet",
+            "fid": fid_info,
             "methods": [m.describe() for m in built],
             "seconds": round(elapsed, 3),
             "statistics": stats,

@@ -15,6 +15,9 @@ name                     kind            what it is
                                          (the "AE ceiling", an oracle, not an SR method)
 ``model:<folder>``       sr_model        a trained latent-diffusion SR model: encode LR, sample,
                                          decode (K samples averaged when ``samples > 1``)
+``sr:<weights file>``    external        an external SR network (ESRGAN, Real-ESRGAN, SwinIR, HAT,
+                                         ... any architecture spandrel detects) from the user's
+                                         weights file (``.pth``, ``.safetensors``, ``.ckpt``, ``.pt``)
 =======================  ==============  =========================================================
 
 Baselines, exactly:
@@ -39,22 +42,24 @@ listed; the hallucination analysis of that model uses those reconstructions. :at
 names the method whose predictions are the noise floor: the linked ceiling for an SR model, itself
 for a ceiling, ``None`` for interpolation (which has no autoencoder, hence no hallucination numbers).
 
-Other SR networks (ESRGAN, SwinIR, ...) plug in without changing this module: register a builder in
-:data:`METHOD_BUILDERS` under a new prefix, returning a :class:`Method` (a :class:`FunctionMethod`
-around any callable is enough)::
+External SR networks (``sr:``), exactly: the weights file is loaded by the ``spandrel`` package
+(``ModelLoader``), which detects the architecture from the state dict and builds it from its own
+maintained implementations; no network is bundled or re-implemented here, and no weights are
+downloaded. The network's scale must equal the dataset task's scale (and divide the grid). Each
+batch: the stored LR is area-averaged down by the scale (:func:`downsample_lr`, the same estimate of
+the low-resolution pixels as ``lanczos``), gray is repeated to three channels for an RGB network,
+the network runs in float32 through spandrel's call (which pads to the network's size
+requirements and clips to ``[0, 1]``), and an RGB output is averaged back to gray.
 
-    from LatentSRLib.evaluation.methods import METHOD_BUILDERS, FunctionMethod, downsample_lr
+Other methods plug in without changing this module: register a builder in :data:`METHOD_BUILDERS`
+under a new prefix. A builder receives the text after the first colon and a :class:`BuildContext`
+(dataset, device and sampling settings) and returns a :class:`Method`; a :class:`FunctionMethod`
+around any callable ``lr (B, 1, H, W) -> (B, 1, H, W)`` is enough::
 
-    def build_esrgan(argument, context):  # "esrgan:/weights/RealESRGAN_x4.pth"
-        network = my_loader(argument).to(context.device).eval()   # the user's own code and weights
-        scale = context.dataset.task.scale
-        run = lambda lr: network(downsample_lr(lr, scale).to(context.device)).clamp(0, 1)
-        return FunctionMethod(f"esrgan:{argument}", run, description="Real-ESRGAN x4 (weights ...)")
+    METHOD_BUILDERS["mine"] = lambda argument, context: FunctionMethod(
+        f"mine:{argument}", my_function, description="what my_function computes")
 
-    METHOD_BUILDERS["esrgan"] = build_esrgan
-
-A builder receives the text after the first colon and a :class:`BuildContext` (dataset, device and
-sampling settings). No external network is bundled or re-implemented here.
+``_build_external`` (``sr:``) is a complete built-in example.
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ __all__ = [
     "MethodBatch",
     "MethodOutput",
     "SRModelMethod",
+    "SpandrelSRNetwork",
     "build_methods",
     "downsample_lr",
     "lanczos_upsample",
@@ -386,7 +392,7 @@ class SRModelMethod(Method):
 class FunctionMethod(Method):
     """Any callable ``lr (B, 1, H, W) on the HR grid -> (B, 1, H, W) in [0, 1]`` as a method.
 
-    The extension point for external SR networks (see the module docstring); the callable receives
+    The simplest way to plug in another method (see the module docstring); the callable receives
     the LR batch on the CPU and may move it wherever it runs.
     """
 
@@ -404,6 +410,93 @@ class FunctionMethod(Method):
     def predict(self, batch: MethodBatch) -> MethodOutput:
         with torch.inference_mode():
             return MethodOutput(torch.as_tensor(self.function(batch.lr)).float().cpu())
+
+
+# ----------------------------------------------------------------------------------- external networks
+def _gray_to(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """``(B, 1, h, w)`` gray to a network's input channels: 1 as is, 3 repeated (gray = R = G = B)."""
+    return images if channels == 1 else images.repeat(1, channels, 1, 1)
+
+
+def _to_gray(images: torch.Tensor) -> torch.Tensor:
+    """A network's ``(B, C, H, W)`` output to ``(B, 1, H, W)`` gray: the mean over channels (RGB averaged)."""
+    return images.mean(dim=1, keepdim=True)
+
+
+class SpandrelSRNetwork(Method):
+    """``sr:<weights file>``: an external SR network loaded by spandrel, run on the area-averaged LR.
+
+    Args:
+        name: the method's name.
+        descriptor: spandrel's ``ImageModelDescriptor`` of the loaded network (on its device).
+        weights: the weights file it came from.
+        scale: the dataset task's scale (checked against the network's by :func:`_build_external`).
+    """
+
+    kind = "external"
+
+    def __init__(self, name: str, descriptor, weights: Path, scale: int) -> None:
+        import spandrel
+
+        self.name = name
+        self.descriptor = descriptor
+        self.weights = Path(weights)
+        self.scale = int(scale)
+        self.inputs = (self.weights,)
+        self.device = descriptor.device
+        self.architecture = descriptor.architecture.name
+        tags = f" ({', '.join(descriptor.tags)})" if descriptor.tags else ""
+        colour = ("gray repeated to RGB, its RGB output averaged back to gray"
+                  if descriptor.input_channels == 3 else "gray in, gray out")
+        self.description = (f"external SR network {self.architecture} x{descriptor.scale}{tags} from "
+                            f"{self.weights.name}, loaded by spandrel {spandrel.__version__}: the stored LR "
+                            f"area-averaged down by {self.scale}, {colour}, clipped to [0, 1]")
+
+    def predict(self, batch: MethodBatch) -> MethodOutput:
+        small = downsample_lr(batch.lr, self.scale)
+        image = _gray_to(small, self.descriptor.input_channels).to(self.device, torch.float32)
+        out = self.descriptor(image)  # spandrel pads to the network's size needs, crops back, clips to [0, 1]
+        return MethodOutput(_to_gray(out.float()).clamp(0.0, 1.0).cpu())
+
+    def describe(self) -> dict[str, Any]:
+        d = self.descriptor
+        return {**super().describe(), "weights": str(self.weights.resolve()), "architecture": self.architecture,
+                "network_scale": int(d.scale), "input_channels": int(d.input_channels),
+                "output_channels": int(d.output_channels), "tags": list(d.tags)}
+
+
+def _build_external(argument: str, context: BuildContext) -> Method:
+    if not argument:
+        raise InputError("method 'sr:' needs a weights file, e.g. sr:weights/RealESRGAN_x4plus.pth")
+    path = Path(argument).expanduser()
+    if not path.is_file():
+        raise InputError("no such weights file (method sr:)", path)
+    try:
+        from spandrel import ImageModelDescriptor, ModelLoader
+    except ImportError:
+        raise InputError("method 'sr:' needs the PyPI package spandrel (pip install spandrel)") from None
+    try:
+        descriptor = ModelLoader(device=context.device).load_from_file(path)
+    except Exception as exc:  # unsupported extension or architecture, damaged or foreign file
+        raise InputError(f"spandrel cannot load an SR network from this file ({type(exc).__name__}: {exc})",
+                         path) from None
+    name = descriptor.architecture.name
+    if not isinstance(descriptor, ImageModelDescriptor):
+        raise InputError(f"this is a {name} network for {descriptor.purpose}, not an image-to-image SR network", path)
+    task = context.dataset.task
+    if int(descriptor.scale) != int(task.scale):
+        raise InputError(f"this {name} network up-scales by {descriptor.scale} but the dataset holds task "
+                         f"{task.name} (scale {task.scale}); use a x{task.scale} network", path)
+    for what, channels in (("input", descriptor.input_channels), ("output", descriptor.output_channels)):
+        if channels not in (1, 3):
+            raise InputError(f"this {name} network has {channels} {what} channels; gray (1) or RGB (3) are supported",
+                             path)
+    height, width = context.dataset.size
+    if height % task.scale or width % task.scale:
+        raise InputError(f"the dataset grid {height}x{width} is not a multiple of the scale {task.scale}: the "
+                         f"x{task.scale} network's output would not lie on the HR grid", context.dataset.folder)
+    descriptor.to(torch.float32).eval()
+    return SpandrelSRNetwork(f"sr:{argument}", descriptor, path, task.scale)
 
 
 # ----------------------------------------------------------------------------------- building
@@ -486,6 +579,7 @@ METHOD_BUILDERS: dict[str, Callable[[str, BuildContext], Method]] = {
     "lanczos": _build_lanczos,
     "ae": _build_autoencoder,
     "model": _build_model,
+    "sr": _build_external,
 }
 
 
@@ -512,7 +606,7 @@ def build_methods(names: Sequence[str], context: BuildContext) -> list[Method]:
         key, _, argument = name.partition(":")
         builder = METHOD_BUILDERS.get(key.strip().lower())
         if builder is None:
-            known = ", ".join(f"{k}:..." if k in ("ae", "model") else k for k in METHOD_BUILDERS)
+            known = ", ".join(f"{k}:..." if k in ("ae", "model", "sr") else k for k in METHOD_BUILDERS)
             raise InputError(f"unknown method {name!r}; known: {known}")
         method = builder(argument.strip(), context)
         if method.name != name:

@@ -28,6 +28,14 @@ def report_markdown(summary: dict, tables: str) -> str:
             network += f"; the preferred network was not used: {lpips['reason']}"
     else:
         network = f"not computed ({lpips['reason']})"
+    fid = summary["fid"]
+    if fid["label"]:
+        fid_network = (f"{fid['label']} (`{fid['name']}`), one value per method over the whole split against the "
+                       "true slices (Table S12)")
+        if fid.get("reason"):
+            fid_network += f"; the preferred network was not used: {fid['reason']}"
+    else:
+        fid_network = f"not computed ({fid['reason']})"
     lines = [
         "# Evaluation report",
         "",
@@ -48,7 +56,7 @@ def report_markdown(summary: dict, tables: str) -> str:
         "## Networks",
         "",
         f"- LPIPS: {network}",
-        f"- FID: {summary['fid']}.",
+        f"- FID: {fid_network}",
         "",
         "## Methods",
         "",

@@ -4,8 +4,9 @@
 :func:`tables_from_statistics` renders already computed ones. Table 1 (PSNR / SSIM / MS-SSIM /
 LPIPS per method), Table 2 (paired significance against the reference), S6 (Haar subband PSNR),
 S7 (hallucination), S8 (latent fidelity), S9 (Bland-Altman), S11 (AE ceiling, and its link to SR
-quality) and the runtime; one block per dataset when rows of several datasets are concatenated.
-Calling::
+quality), S12 (FID) and the runtime; one block per dataset when rows of several datasets are
+concatenated. FID is a set statistic with no per-image value: S12 renders the values an
+evaluation saved (``summary.json``, ``tables.fid``, see :mod:`.fid`). Calling::
 
     tables_from_rows(read_rows("RUN/per_image.csv"), **json.load(open("RUN/summary.json"))["tables"])
 
@@ -15,7 +16,7 @@ reproduces a run's ``tables.md`` exactly (design rule 9).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .row_statistics import COMPARED, statistics_from_rows
 from .rows import SUBBAND_COLUMNS
@@ -90,7 +91,47 @@ def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
     return out
 
 
-def tables_from_statistics(stats: dict, lpips_label: str | None = None, k: float = 2.0) -> str:
+def _fid_text(fid: Mapping | None) -> str:
+    if not fid or not fid.get("label"):
+        reason = (fid or {}).get("reason") or "no FID values were given"
+        return f"FID: not computed ({reason})."
+    return f"FID: {fid['label']} (`{fid['name']}`), one value per method (Table S12)."
+
+
+def _fid_table(stats: dict, fid: Mapping | None) -> list[str]:
+    """Table S12 from the saved FID values ``fid["values"][dataset][method] = {"value", "n", "n_true"}``."""
+    lines = ["## Table S12: FID, one value per method (a set statistic)", ""]
+    if not fid or not fid.get("label"):
+        return lines + [_fid_text(fid), ""]
+    minimum = int(fid.get("min_samples", 2048))
+    lines += [f"Fréchet distance between Gaussian fits (mean, covariance) of the features of ALL of a method's "
+              f"predictions and of ALL the true high-resolution images of the split: {fid['label']}. One number "
+              "per method, so no SD, CI or paired test; lower is closer to the true images. An AE ceiling's row "
+              "compares reconstructions of the true images themselves.", ""]
+    body, small = [], False
+    for dataset in stats["datasets"]:
+        values = fid.get("values", {}).get(dataset, {})
+        for m in stats["methods"][dataset]:
+            v = values.get(m)
+            if v is None:
+                body.append([dataset, _method_cell(m, stats["kinds"][m]), stats["kinds"][m], "n/a", "n/a", "n/a", ""])
+                continue
+            n, n_true = int(v["n"]), int(v["n_true"])
+            flag = "⚠ n < " + str(minimum) if min(n, n_true) < minimum else ""
+            small = small or bool(flag)
+            value = v["value"]
+            text = "n/a" if value is None or not math.isfinite(value) else f"{value:.4g}"
+            body.append([dataset, _method_cell(m, stats["kinds"][m]), stats["kinds"][m], n, n_true, text, flag])
+    lines += _table(["dataset", "method", "kind", "n (method)", "n (true)", f"{fid['name']} ↓", "note"], body)
+    lines.append("")
+    if small:
+        lines += [f"⚠ Fewer than {minimum} images per set: FID is biased upwards at small n and the bias depends on "
+                  "n, so these values are comparable only with each other (equal n), never with published FIDs.", ""]
+    return lines
+
+
+def tables_from_statistics(stats: dict, lpips_label: str | None = None, k: float = 2.0,
+                           fid: Mapping | None = None) -> str:
     """The Markdown tables of :func:`tables_from_rows` from already computed :func:`statistics_from_rows`."""
     unit = stats["unit"]
     lpips = stats["lpips_column"]
@@ -104,7 +145,7 @@ def tables_from_statistics(stats: dict, lpips_label: str | None = None, k: float
         "",
         f"Computed from the per-image rows by code (`tables_from_rows`). Every method is scored against the TRUE "
         f"high-resolution image; statistics are per {level}, "
-        f"n counts {unit}. {lpips_text} FID is not computed yet. "
+        f"n counts {unit}. {lpips_text} {_fid_text(fid)} "
         "§ marks an AE ceiling: encode-then-decode of the true image, an oracle upper bound, not an SR method.",
         "",
         "## Table 1: reconstruction quality (mean ± SD)",
@@ -250,6 +291,9 @@ def tables_from_statistics(stats: dict, lpips_label: str | None = None, k: float
                      f"n = {fit['n']} points.")
     lines.append("")
 
+    # ---- Table S12
+    lines += _fid_table(stats, fid)
+
     # ---- runtime
     lines += ["## Runtime", "", "Wall time of each method's prediction per image and sample (mean over batches; "
               "includes encode and decode for latent methods).", ""]
@@ -272,18 +316,22 @@ def tables_from_rows(
     n_resamples: int = 10_000,
     seed: int = 0,
     holm: bool = False,
+    fid: Mapping | None = None,
 ) -> str:
     """The paper's tables as Markdown, computed from per-image rows (an evaluation's ``tables.md``).
 
     Table 1 (PSNR / SSIM / MS-SSIM / LPIPS per method), Table 2 (paired significance against the
     reference), S6 (Haar subband PSNR), S7 (hallucination), S8 (latent fidelity), S9 (Bland-Altman),
-    S11 (AE ceiling, and its link to SR quality) and the runtime. ``lpips_label`` names the LPIPS
-    network in the text; ``k`` is the hallucination noise-floor multiplier the rows were computed
-    with (text only). The other arguments are those of :func:`statistics_from_rows`.
+    S11 (AE ceiling, and its link to SR quality), S12 (FID) and the runtime. ``lpips_label`` names
+    the LPIPS network in the text; ``k`` is the hallucination noise-floor multiplier the rows were
+    computed with (text only); ``fid`` holds the saved FID values (``summary.json``'s
+    ``tables.fid``: ``name``, ``label``, ``reason``, ``min_samples`` and
+    ``values[dataset][method] = {"value", "n", "n_true"}``), ``None`` when FID was not computed.
+    The other arguments are those of :func:`statistics_from_rows`.
 
     Raises:
         ValueError: rows that do not pair (see :func:`check_paired`).
     """
     stats = statistics_from_rows(rows, reference=reference, aggregate=aggregate, n_resamples=n_resamples,
                                  seed=seed, holm=holm)
-    return tables_from_statistics(stats, lpips_label, k)
+    return tables_from_statistics(stats, lpips_label, k, fid)

@@ -65,7 +65,7 @@ def run_evaluate(dataset_dir, methods, output_dir, **overrides):
     from monai.bundle import run
 
     settings = {"split": "test", "limit": LIMIT, "steps": 2, "n_resamples": 200, "batch_size": 4, "device": "cpu",
-                "lpips_download": False, **overrides}
+                "lpips_download": False, "fid_download": False, **overrides}
     run("evaluate", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "evaluate.yaml"),
         logging_file=str(CONFIGS / "logging.conf"), dataset_dir=str(dataset_dir), methods=methods,
         output_dir=str(output_dir), **settings)
@@ -111,7 +111,16 @@ def test_run_folder_holds_every_file(evaluation):
     assert lpips["label"] and lpips["label"] in report and "AlexNet" in lpips["label"]
     if lpips["column"] == "stlpips_alex":
         assert "offline stand-in" in lpips["label"]
-    assert "FID is not computed yet" in report
+    fid = summary["fid"]
+    assert fid["label"] and fid["label"] in report and fid["label"] in (run / "tables.md").read_text()
+    if fid["name"] == "fd_st_alexnet":
+        assert "ST-LPIPS AlexNet" in fid["label"] and "not comparable with Inception FID" in fid["label"]
+    values = fid["values"][evaluation["dataset"].name]
+    assert list(values) == evaluation["methods"]  # one value per method, the AE ceiling included
+    assert all(v["n"] == v["n_true"] == LIMIT and v["value"] >= 0 for v in values.values())
+    assert summary["tables"]["fid"] == fid  # what tables_from_rows needs to redraw Table S12
+    assert any("FID" in note and "2048" in note for note in summary["notes"])  # 6 slices: biased, said so
+    assert "2048" in report.split("## Notes")[1]
     for name in figures.values():
         assert f"]({name})" in report
 
@@ -151,10 +160,10 @@ def test_tables_are_regenerated_from_the_csv(evaluation):
     rows = read_rows(run / "per_image.csv")
     tables = tables_from_rows(rows, **summary["tables"])
     assert tables == (run / "tables.md").read_text()
-    for heading in ("Table 1", "Table 2", "Table S6", "Table S7", "Table S8", "Table S9", "Table S11"):
+    for heading in ("Table 1", "Table 2", "Table S6", "Table S7", "Table S8", "Table S9", "Table S11", "Table S12"):
         assert f"## {heading}" in tables
     report = (run / "report.md").read_text()
-    assert "## Tables" in report and "### Table 1" in report and "### Table S11" in report
+    assert "## Tables" in report and all(f"### Table {t}" in report for t in ("1", "S11", "S12"))
     # an unpaired set (one method lacks an image) is refused
     unpaired = [r for r in rows if not (r["method"] == "lanczos" and r["id"] == rows[0]["id"])]
     with pytest.raises(ValueError, match="not scored on the same images"):
@@ -281,3 +290,26 @@ def test_tables_from_rows_on_synthetic_rows():
         tables_from_rows(rows[1:])
     with pytest.raises(ValueError, match="given twice"):
         tables_from_rows(rows + rows[:1])
+
+
+def test_fid_table_from_saved_values():
+    rows = synthetic_rows(("d1", "d2"))
+    label = "FD (offline ST-LPIPS AlexNet features; not comparable with Inception FID)"
+    values = {"d1": {"model:m": {"value": 0.0123456, "n": 8, "n_true": 8},
+                     "bicubic": {"value": 0.5, "n": 8, "n_true": 8},
+                     "ae:x": {"value": float("nan"), "n": 1, "n_true": 8}},
+              "d2": {"model:m": {"value": 1.5, "n": 4096, "n_true": 4096}}}
+    fid = {"name": "fd_st_alexnet", "label": label, "reason": "no torch-fidelity", "min_samples": 2048,
+           "values": values}
+    tables = tables_from_rows(rows, n_resamples=50, fid=fid)
+    s12 = tables.split("## Table S12")[1].split("## Runtime")[0]
+    assert label in s12 and "| fd_st_alexnet ↓ |" in s12 and label in tables.split("## Table 1")[0]
+    assert "| d1 | `model:m` | sr_model | 8 | 8 | 0.01235 | ⚠ n < 2048 |" in s12
+    assert "| d1 | `ae:x` § | ae_ceiling | 1 | 8 | n/a | ⚠ n < 2048 |" in s12  # too few images: no value
+    assert "| d2 | `model:m` | sr_model | 4096 | 4096 | 1.5 |  |" in s12  # enough images: no flag
+    assert "| d2 | `bicubic` | interpolation | n/a | n/a | n/a |  |" in s12  # not saved: not invented
+    assert "biased upwards at small n" in s12
+    # no FID: the table says why instead of showing numbers
+    off = tables_from_rows(rows, n_resamples=50, fid={"name": None, "label": None, "reason": "switched off"})
+    assert "FID: not computed (switched off)." in off.split("## Table S12")[1]
+    assert "FID: not computed" in tables_from_rows(rows, n_resamples=50)

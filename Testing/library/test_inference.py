@@ -226,3 +226,30 @@ def test_background_run_reports_progress_and_can_be_cancelled(model_folder, tmp_
                            env=env).start()
     assert failing.wait(timeout=120) == 2
     assert "missing.nii.gz" in failing.error and "error" in failing.error
+
+
+def test_packaged_model_is_movable_and_half_precision_is_faithful(model_folder, tmp_path, capsys):
+    import shutil
+
+    from LatentSRLib.cli import main
+
+    assert main(["package", str(model_folder), "-o", str(tmp_path / "packaged")]) == 0
+    assert "packaged" in capsys.readouterr().out
+    moved = tmp_path / "elsewhere" / "brain-sr4"
+    shutil.move(str(tmp_path / "packaged"), moved)
+    config = json.loads((moved / "config.json").read_text())
+    assert config["autoencoder"]["spec"] == "monai:autoencoder" and config["weights_dtype"] == "float16"
+    original, packaged = load_sr_model(model_folder), load_sr_model(moved)
+    assert packaged.autoencoder.spec.endswith(str(moved / "autoencoder"))
+    lr = torch.rand(2, 1, GRID, GRID)
+    noise = torch.randn(2, 2, GRID // 4, GRID // 4, generator=torch.Generator().manual_seed(0))
+    a = original.autoencoder.decode(original.sample_latents(original.autoencoder.encode(lr), noise=noise))
+    b = packaged.autoencoder.decode(packaged.sample_latents(packaged.autoencoder.encode(lr), noise=noise))
+    # fp16 storage of the weights changes the output very little (max about 2e-3 on this net)
+    assert 10 * torch.log10(1 / ((a - b) ** 2).mean()) > 55 and (a - b).abs().max() < 1e-2
+    # never into the model itself; never over a folder of other files
+    assert main(["package", str(model_folder), "-o", str(model_folder / "copy")]) == 2
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("x")
+    assert main(["package", str(model_folder), "-o", str(tmp_path / "busy")]) == 2
+    assert "refusing" in capsys.readouterr().err

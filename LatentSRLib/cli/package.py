@@ -1,0 +1,35 @@
+"""``latentsr package MODEL -o OUT``: a self-contained, movable copy of a trained SR model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "package",
+        help="make a self-contained copy of a trained model (its autoencoder inside, fp16 weights)",
+        description="Copy a trained model folder into OUT with its MONAI autoencoder inside (referenced "
+        "relatively, so OUT can be moved, shipped or loaded in Slicer), the denoiser weights stored in "
+        "float16 unless --float32. Other autoencoders (medvae:, hub ids) are referenced by name.",
+    )
+    parser.add_argument("model", metavar="MODEL_FOLDER", help="a model folder written by the training bundle")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="the packaged model folder")
+    parser.add_argument("--float32", action="store_true", help="keep the weights in float32")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..sr_model import package_sr_model
+
+    source, target = Path(args.model).resolve(), Path(args.output).resolve()
+    if target == source or source in target.parents:
+        raise InputError("the output must not be the model folder or inside it", args.output)
+    if target.exists() and any(target.iterdir()) and not (target / "config.json").is_file():
+        raise InputError("exists and is not a model folder: refusing to replace it", args.output)
+    folder = package_sr_model(source, target, half=not args.float32)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    print(f"packaged {args.model} -> {folder} ({size / 2**20:.1f} MB)")
+    return 0
