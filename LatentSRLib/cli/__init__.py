@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import LatentSRError
-from . import degrade, info, package, prepare, screen, sr
+from . import degrade, demo, info, package, prepare, screen, sr
 
-SUBCOMMANDS = (info, degrade, screen, prepare, sr, package)
+SUBCOMMANDS = (demo, info, degrade, screen, prepare, sr, package)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=0)
     parser.add_argument("--overlay", default="difference")
     parser.add_argument("--size", type=int, default=420, help="pixels per view")
+    parser.add_argument("--data-consistency", action="store_true", help="the module's data-consistency option")
+    parser.add_argument("--model-resolution", action="store_true",
+                        help="first put the volume (and mask) at the model grid's resolution, as `latentsr demo` does")
     parser.add_argument("-o", "--output", required=True)
     args = parser.parse_args(argv)
 
@@ -44,20 +47,28 @@ def main(argv: list[str] | None = None) -> int:
     scene = headless.make_scene()
     slicer = headless.slicer
     logic = LatentSRLogic()
+    import json
+
+    from LatentSRLib.demo import at_model_resolution
+
+    grid = max(json.loads((Path(args.model) / "config.json").read_text())["grid"]["size"])
+    prepare = (lambda image: at_model_resolution(image, "axial", grid)) if args.model_resolution else (lambda image: image)
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", Path(args.volume).name.split(".")[0])
-    LatentSRLogic.updateVolumeNodeFromImage(volume, read_image(args.volume))
+    LatentSRLogic.updateVolumeNodeFromImage(volume, prepare(read_image(args.volume)))
     parameters = logic.getParameterNode()
     parameters.SetNodeReferenceID("InputVolume", volume.GetID())
     tumour_slice = volume.GetImageData().GetDimensions()[2] // 2
     if args.mask:
         labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "mask")
-        mask = read_image(args.mask)
-        LatentSRLogic.updateVolumeNodeFromImage(labels, mask.with_array((mask.array > 0).astype(np.uint8)))
+        mask = prepare(read_image(args.mask).with_array((read_image(args.mask).array > 0).astype(np.float32)))
+        mask = mask.with_array((mask.array > 0.5).astype(np.uint8))
+        LatentSRLogic.updateVolumeNodeFromImage(labels, mask)
         parameters.SetNodeReferenceID("Segmentation", labels.GetID())
         tumour_slice = int(np.argmax((mask.array > 0).reshape(mask.array.shape[0], -1).sum(1)))
     parameters.SetParameter("ModelPath", args.model)
     parameters.SetParameter("Simulate", "true")
     parameters.SetParameter("Steps", str(args.steps))
+    parameters.SetParameter("DataConsistency", "true" if args.data_consistency else "false")
     parameters.SetParameter("Device", "auto")
     parameters.SetParameter("Overlay", args.overlay)
     parameters.SetParameter("OverlayOpacity", "0.45")

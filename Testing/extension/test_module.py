@@ -327,3 +327,13 @@ def test_background_run_loads_results_and_cancel_cleans_up(scene, model_folder):
     assert not cancelled.running and not cancelled.workDirectory.exists()
     with pytest.raises(RuntimeError, match="cancelled"):
         cancelled.finish()
+
+
+def test_default_model_is_the_shipped_reference_model(scene, monkeypatch):
+    from LatentSRLogic import LatentSRLogic, defaultModelPath
+
+    monkeypatch.delenv("LATENTSR_MODEL", raising=False)
+    assert defaultModelPath() == str(REPO_ROOT / "Training" / "models" / "brain-sr4")
+    assert LatentSRLogic().getParameterNode().GetParameter("ModelPath") == defaultModelPath()
+    cmake = module_path("CMakeLists.txt").read_text()
+    assert "Training/models" in cmake  # installed with the extension, beside LatentSRLib
