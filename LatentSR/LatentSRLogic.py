@@ -474,9 +474,10 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def overlayColorNode(signed: bool):
-        """The overlay colours, transparent at zero so the SR shows through where a map is zero:
+        """The overlay colours, transparent near zero so the SR shows through where a map is small:
         signed (difference) blue for negative, red for positive; magnitude (uncertainty,
-        consistency) dark red to yellow. Opacity grows with the magnitude."""
+        consistency) dark red to yellow. Opacity grows with the magnitude from 15% (signed) or 10%
+        of the display range, so a map's faint floor does not tint the whole view."""
         name = "LatentSR signed map" if signed else "LatentSR magnitude map"
         node = slicer.mrmlScene.GetFirstNodeByName(name)
         if node is not None and node.IsA("vtkMRMLColorTableNode"):
@@ -488,11 +489,11 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
             if signed:
                 t = (index - 127.5) / 127.5
                 rgb = (1.0, 0.25, 0.1) if t > 0 else (0.15, 0.45, 1.0)
-                alpha = min(1.0, 1.5 * abs(t))
+                alpha = min(1.0, max(0.0, (abs(t) - 0.15) / 0.5))
             else:
                 t = index / 255.0
                 rgb = (min(1.0, 0.4 + 1.8 * t), min(1.0, max(0.0, 2.0 * t - 0.4)), max(0.0, 3.0 * t - 2.0))
-                alpha = min(1.0, 2.0 * t)
+                alpha = min(1.0, max(0.0, (t - 0.1) / 0.5))
             node.SetColor(index, "", *rgb, alpha)
         node.SetAttribute("Category", "LatentSR")
         return node
