@@ -64,9 +64,10 @@ def test_extension_requirements_follow_pyproject():
     lines = [line.split("#")[0].strip() for line in module_path("Resources", "requirements.txt").read_text().splitlines()]
     required = {name(line) for line in lines if line}
     # Slicer ships numpy and SimpleITK, torch comes through the PyTorch extension, and the rest
-    # serve training and evaluation only (never imported by `latentsr sr`)
+    # serve training, evaluation and the command-line demo only (`latentsr sr` does not need them;
+    # MONAI imports ignite, tensorboard and yaml only when they are installed)
     not_in_slicer = {"numpy", "simpleitk", "torch", "torchvision", "pytorch-ignite", "tensorboard", "fire", "pyyaml",
-                     "stlpips-pytorch", "spandrel"}
+                     "stlpips-pytorch", "spandrel", "nilearn"}
     assert required == declared - not_in_slicer
 
 
