@@ -538,20 +538,17 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
 
     # ---- display ---------------------------------------------------------------------------------
     @staticmethod
-    def sliceCompositeNode(layoutName: str):
-        for i in range(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
-            node = slicer.mrmlScene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+    def viewNode(className: str, layoutName: str):
+        """The scene's ``className`` node of the view called ``layoutName`` ("Red", "Yellow", ...)."""
+        for i in range(slicer.mrmlScene.GetNumberOfNodesByClass(className)):
+            node = slicer.mrmlScene.GetNthNodeByClass(i, className)
             if node.GetLayoutName() == layoutName:
                 return node
         return None
 
-    @staticmethod
-    def sliceNode(layoutName: str):
-        for i in range(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
-            node = slicer.mrmlScene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
-            if node.GetLayoutName() == layoutName:
-                return node
-        return None
+    @classmethod
+    def sliceCompositeNode(cls, layoutName: str):
+        return cls.viewNode("vtkMRMLSliceCompositeNode", layoutName)
 
     @staticmethod
     def compareLayoutDescription(orientation: str) -> str:
@@ -602,7 +599,7 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
             composite.SetLabelOpacity(1.0)
             composite.SetLinkedControl(True)
             composite.SetHotLinkedControl(True)
-            sliceNode = self.sliceNode(layoutName)
+            sliceNode = self.viewNode("vtkMRMLSliceNode", layoutName)
             if sliceNode is not None:
                 sliceNode.SetOrientation(orientation)
 
