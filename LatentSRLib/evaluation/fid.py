@@ -38,10 +38,8 @@ A set of fewer than 2 images has no covariance: its value is NaN.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import math
-import socket
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -51,16 +49,13 @@ from typing import Any, Literal
 import torch
 
 from .metrics import as_image_batch, check_data_range
-from .perceptual import _BackendUnavailable, _stlpips_network
+from .perceptual import DOWNLOAD_TIMEOUT, _BackendUnavailable, _socket_timeout, _stlpips_network
 
 __all__ = ["FID_BACKENDS", "FID_MIN_SAMPLES", "FIDMetric", "FIDResult", "FIDSampleSizeWarning", "sample_size_warning"]
 
 FID_BACKENDS = ("auto", "torchmetrics", "stlpips")
 #: fewer images per set than this draw a warning (FID is biased at small n; 2048 = Inception's feature size)
 FID_MIN_SAMPLES = 2048
-#: seconds a download attempt of the Inception weights may wait on the network before giving up
-DOWNLOAD_TIMEOUT = 30.0
-
 # names avoid the substring "lpips": rows.lpips_column() finds the LPIPS column by it
 _LABELS = {
     "torchmetrics": ("fid_inception", "FID (Inception-v3 pool3 features, 2048-d, torchmetrics / torch-fidelity)"),
@@ -153,17 +148,6 @@ class _GivenFeatures(torch.nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """Bound every blocking socket operation (torch.hub's urllib download) to ``seconds``, then restore."""
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
 
 
 def _inception_weights() -> Path:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import socket
 import sys
 import types
 from collections.abc import Iterator
@@ -62,6 +63,21 @@ def _cached_alexnet_weights() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
+#: seconds a weights download may wait on the network before the offline stand-in is used
+DOWNLOAD_TIMEOUT = 30.0
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Bound every blocking socket operation (torch.hub's urllib download) to ``seconds``, then restore."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def _torchmetrics_network(allow_download: bool) -> torch.nn.Module:
     try:
         weights = _cached_alexnet_weights()
@@ -74,7 +90,8 @@ def _torchmetrics_network(allow_download: bool) -> torch.nn.Module:
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
     try:
-        return LearnedPerceptualImagePatchSimilarity(net_type="alex", reduction="none", normalize=False)
+        with _socket_timeout(DOWNLOAD_TIMEOUT):  # an unreachable host must not hang an evaluation
+            return LearnedPerceptualImagePatchSimilarity(net_type="alex", reduction="none", normalize=False)
     except Exception as exc:  # URLError / OSError / HTTP errors when offline
         raise _BackendUnavailable(
             f"could not get torchvision's ImageNet AlexNet weights ({type(exc).__name__}: {exc}); "
