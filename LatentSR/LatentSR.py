@@ -171,7 +171,8 @@ class LatentSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 getattr(self.ui, name).checked = role in outputs
             simulate = self.logic.flag(node, "Simulate")
             self.ui.referenceVolumeSelector.enabled = not simulate
-            self.ui.modelInfoLabel.text = self.modelDescription(node.GetParameter("ModelPath"))
+            note = self.logic.resolutionNote(node)
+            self.ui.modelInfoLabel.text = self.modelDescription(node.GetParameter("ModelPath")) + (f"\n{note}" if note else "")
             running = self.job is not None
             self.ui.applyButton.enabled = not running and node.GetNodeReference("InputVolume") is not None
             self.ui.applyButton.toolTip = "Super-resolve the input volume." if self.ui.applyButton.enabled else "Select an input volume."

@@ -271,6 +271,31 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
         if segmentation is not None and reference is None and not simulate:
             raise ValueError("Region metrics need a high-resolution reference (or 'simulate low resolution').")
 
+    def resolutionNote(self, parameterNode) -> str:
+        """A warning when the model's grid is coarser than the input's pixels: a model trained on an
+        N x N grid works at field-of-view / N per pixel and cannot restore finer detail ("" otherwise)."""
+        inputNode = parameterNode.GetNodeReference("InputVolume")
+        modelPath = parameterNode.GetParameter("ModelPath")
+        if inputNode is None or inputNode.GetImageData() is None or not (Path(modelPath) / "config.json").is_file():
+            return ""
+        try:
+            grid = max(json.loads((Path(modelPath) / "config.json").read_text())["grid"]["size"])
+        except (OSError, ValueError, KeyError):
+            return ""
+        matrix = self.ijkToRas(inputNode)[:3, :3]
+        spacing = np.linalg.norm(matrix, axis=0)
+        # the index axis pointing most along the plane's normal (RAS: L-R, P-A, I-S) is the slice axis
+        normal = {"sagittal": 0, "coronal": 1, "axial": 2}.get(parameterNode.GetParameter("Axis"), 2)
+        sliceAxis = int(np.argmax(np.abs(matrix[normal]) / spacing))
+        dims = inputNode.GetImageData().GetDimensions()
+        inPlane = [a for a in range(3) if a != sliceAxis]
+        modelPixel = max(dims[a] * spacing[a] for a in inPlane) / grid
+        ownPixel = min(spacing[a] for a in inPlane)
+        if modelPixel <= 1.25 * ownPixel:
+            return ""
+        return (f"This model works on a {grid} x {grid} grid: about {modelPixel:.2f} mm per pixel for this volume, "
+                f"whose own pixels are {ownPixel:.2f} mm. Detail finer than {modelPixel:.2f} mm cannot be restored.")
+
     # ---- node <-> image --------------------------------------------------------------------------
     @staticmethod
     def ijkToRas(volumeNode) -> np.ndarray:

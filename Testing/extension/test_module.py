@@ -338,3 +338,24 @@ def test_default_model_is_the_shipped_reference_model(scene, monkeypatch):
     assert LatentSRLogic().getParameterNode().GetParameter("ModelPath") == defaultModelPath()
     cmake = module_path("CMakeLists.txt").read_text()
     assert "Training/models" in cmake  # installed with the extension, beside LatentSRLib
+
+
+def test_resolution_note_when_the_model_grid_is_coarser_than_the_scan(scene, model_folder):
+    from LatentSRLib.io import MedicalImage
+    from LatentSRLogic import LatentSRLogic
+
+    logic = LatentSRLogic()
+    parameters = logic.getParameterNode()
+    parameters.SetParameter("ModelPath", str(model_folder))  # a 64 x 64 grid
+    fine = volume_node(scene, MedicalImage(np.zeros((3, 200, 160), np.float32), (0.5, 0.5, 3.0), (0.0, 0.0, 0.0),
+                                           np.eye(3)), "fine")
+    parameters.SetNodeReferenceID("InputVolume", fine.GetID())
+    note = logic.resolutionNote(parameters)
+    assert "64 x 64" in note and "1.56 mm per pixel" in note and "0.50 mm" in note  # 200 x 0.5 mm / 64
+    parameters.SetParameter("Axis", "sagittal")  # in-plane: 200 x 0.5 mm and 3 x 3 mm
+    assert "1.56 mm per pixel" in logic.resolutionNote(parameters)
+    coarse = volume_node(scene, MedicalImage(np.zeros((3, 60, 60), np.float32), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0),
+                                             np.eye(3)), "coarse")
+    parameters.SetNodeReferenceID("InputVolume", coarse.GetID())
+    parameters.SetParameter("Axis", "axial")
+    assert logic.resolutionNote(parameters) == ""
