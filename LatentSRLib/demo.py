@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .io import MedicalImage, index_axis_of_array_axis, read_image, write_image
+from .io import MedicalImage, index_axis_of_array_axis, read_image, refuse_overwriting_inputs, write_image
 from .io.atomic import atomic_directory
 
 __all__ = ["DemoResult", "default_demo_model", "default_demo_scan", "is_demo_folder", "run_demo"]
@@ -197,6 +197,7 @@ def run_demo(outdir: str | os.PathLike, *, model: str | os.PathLike | None = Non
         raise InputError("no reference model here (it lives in Training/models of the source tree; "
                          "set LATENTSR_MODELS or pass --model FOLDER)", model_folder)
     scan_path = Path(scan) if scan else default_demo_scan()
+    refuse_overwriting_inputs(outdir, [scan_path, model_folder])
     sr_model = load_sr_model(model_folder)
     image = read_image(scan_path)
     if image.ndim != 3:
@@ -225,7 +226,8 @@ def run_demo(outdir: str | os.PathLike, *, model: str | os.PathLike | None = Non
                           (("hr", slab), ("lr", result.lr), ("sr", result.sr))}
         montage_slices["uncertainty"] = upright(result.uncertainty, False) / width
         montage_slices["hallucination"] = upright(result.hallucination, False)
-        title = (f"{scan_path.name} at {slab.spacing[0]:.2f} x {slab.spacing[1]:.2f} mm: {sr_model.task.name} simulated; "
+        rows, cols = layout.pixel_spacing
+        title = (f"{scan_path.name} at {rows:.2f} x {cols:.2f} mm: {sr_model.task.name} simulated; "
                  f"PSNR bicubic {review['psnr_lr']:.2f} dB, LatentSR {review['psnr_sr']:.2f} dB")
         _montage(staging / "montage.png", montage_slices, sr_model.task.scale, title)
         metrics = {**result.metrics, "input": str(scan_path), "model": str(model_folder), "table": table,

@@ -56,3 +56,6 @@ def test_demo_end_to_end_reproduces_the_model_card(tmp_path, capsys):
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     assert main(["demo", "-o", str(tmp_path / "mine"), "--slices", "1"]) == 2
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    # nor one that holds the input scan
+    assert main(["demo", "-o", str(out), "--input", str(out / "hr.nii.gz"), "--slices", "1"]) == 2
+    assert "holds the input" in capsys.readouterr().err and (out / "hr.nii.gz").exists()
