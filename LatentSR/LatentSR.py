@@ -17,7 +17,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from LatentSRLogic import OUTPUTS, LatentSRLogic, formatDuration, missingRequirements
+from LatentSRLogic import OUTPUTS, LatentSRLogic, formatDuration, missingRequirements, readModelConfig
 
 REQUIREMENTS = Path(__file__).resolve().parent / "Resources" / "requirements.txt"
 # the widgets that edit a plain parameter: (widget name, parameter, kind)
@@ -208,20 +208,17 @@ class LatentSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     @staticmethod
     def modelDescription(path):
-        import json
-
-        config = Path(path) / "config.json" if path else None
-        if config is None or not config.is_file():
+        if not path or not (Path(path) / "config.json").is_file():
             return "No model selected: choose a trained model folder."
         try:
-            info = json.loads(config.read_text())
+            info = readModelConfig(path)
             task = info.get("task", {})
             autoencoder = info.get("autoencoder", {})
             grid = info.get("grid", {}).get("size")
             return (f"{task.get('name', '?')} ({task.get('mode', '?')} x{task.get('scale', '?')}) in the latent space of "
                     f"{autoencoder.get('name', '?')}, {info.get('denoiser', {}).get('preset', '?')} denoiser, grid {grid}")
         except (OSError, ValueError) as error:
-            return f"Cannot read {config}: {error}"
+            return f"Cannot read {Path(path) / 'config.json'}: {error}"
 
     # ---- dependencies ----------------------------------------------------------------------------
     def ensureDependencies(self):

@@ -97,6 +97,20 @@ def defaultModelPath() -> str:
     return ""
 
 
+_CONFIGS: dict[tuple[str, int], dict] = {}
+
+
+def readModelConfig(modelPath: str) -> dict:
+    """A model folder's ``config.json``, parsed once per change of the file (the GUI asks on every
+    parameter change). Raises OSError / ValueError when it is missing or unreadable."""
+    config = Path(modelPath) / "config.json"
+    key = (str(config), config.stat().st_mtime_ns)
+    if key not in _CONFIGS:
+        _CONFIGS.clear()  # one model at a time is in use; never grows
+        _CONFIGS[key] = json.loads(config.read_text())
+    return _CONFIGS[key]
+
+
 def missingRequirements(requirementsFile, extra=()) -> list[str]:
     """The requirements (lines of ``requirementsFile`` plus ``extra``) whose distribution is not
     installed or whose version does not satisfy the specifier. Never imports them (that would load
@@ -276,10 +290,10 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
         N x N grid works at field-of-view / N per pixel and cannot restore finer detail ("" otherwise)."""
         inputNode = parameterNode.GetNodeReference("InputVolume")
         modelPath = parameterNode.GetParameter("ModelPath")
-        if inputNode is None or inputNode.GetImageData() is None or not (Path(modelPath) / "config.json").is_file():
+        if inputNode is None or inputNode.GetImageData() is None or not modelPath:
             return ""
         try:
-            grid = max(json.loads((Path(modelPath) / "config.json").read_text())["grid"]["size"])
+            grid = max(readModelConfig(modelPath)["grid"]["size"])
         except (OSError, ValueError, KeyError):
             return ""
         matrix = self.ijkToRas(inputNode)[:3, :3]
@@ -398,7 +412,7 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
         if self.flag(parameterNode, "DataConsistency"):
             arguments.append("--data-consistency")
         if self.flag(parameterNode, "Simulate"):
-            config = json.loads((Path(parameterNode.GetParameter("ModelPath")) / "config.json").read_text())
+            config = readModelConfig(parameterNode.GetParameter("ModelPath"))
             arguments += ["--simulate-scale", str(config["task"]["scale"])]
         elif parameterNode.GetNodeReference("ReferenceVolume") is not None:
             reference = self.imageFromVolumeNode(parameterNode.GetNodeReference("ReferenceVolume"))
@@ -503,13 +517,9 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
         signed (difference) blue for negative, red for positive; magnitude (uncertainty,
         consistency) dark red to yellow. Opacity grows with the magnitude from 15% (signed) or 10%
         of the display range, so a map's faint floor does not tint the whole view."""
-        name = "LatentSR signed map" if signed else "LatentSR magnitude map"
-        node = slicer.mrmlScene.GetFirstNodeByName(name)
-        if node is not None and node.IsA("vtkMRMLColorTableNode"):
+        node, created = LatentSRLogic.colorTable("LatentSR signed map" if signed else "LatentSR magnitude map", 256)
+        if not created:
             return node
-        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
-        node.SetTypeToUser()
-        node.SetNumberOfColors(256)
         for index in range(256):
             if signed:
                 t = (index - 127.5) / 127.5
@@ -520,24 +530,30 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
                 rgb = (min(1.0, 0.4 + 1.8 * t), min(1.0, max(0.0, 2.0 * t - 0.4)), max(0.0, 3.0 * t - 2.0))
                 alpha = min(1.0, max(0.0, (t - 0.1) / 0.5))
             node.SetColor(index, "", *rgb, alpha)
-        node.SetAttribute("Category", "LatentSR")
         return node
 
     @staticmethod
     def hallucinationColorNode():
         """A colour table: 0 transparent, 1 hallucinated (orange-red), 2 lost (cyan-blue)."""
-        name = "LatentSR hallucination"
+        node, created = LatentSRLogic.colorTable("LatentSR hallucination", 3)
+        if created:
+            node.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
+            node.SetColor(HALLUCINATED, "hallucinated", 1.0, 0.35, 0.0, 1.0)
+            node.SetColor(LOST, "lost", 0.0, 0.6, 1.0, 1.0)
+        return node
+
+    @staticmethod
+    def colorTable(name: str, colors: int):
+        """The scene's user colour table ``name``, or a new one of ``colors`` entries to fill:
+        ``(node, created)``. One per scene, shared by every run."""
         node = slicer.mrmlScene.GetFirstNodeByName(name)
         if node is not None and node.IsA("vtkMRMLColorTableNode"):
-            return node
+            return node, False
         node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
         node.SetTypeToUser()
-        node.SetNumberOfColors(3)
-        node.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
-        node.SetColor(HALLUCINATED, "hallucinated", 1.0, 0.35, 0.0, 1.0)
-        node.SetColor(LOST, "lost", 0.0, 0.6, 1.0, 1.0)
+        node.SetNumberOfColors(colors)
         node.SetAttribute("Category", "LatentSR")
-        return node
+        return node, True
 
     def updateMetricsTable(self, parameterNode, metrics: dict):
         table = parameterNode.GetNodeReference("MetricsTable")

@@ -49,7 +49,15 @@ from typing import Any, Literal
 import torch
 
 from .metrics import as_image_batch, check_data_range
-from .perceptual import DOWNLOAD_TIMEOUT, _BackendUnavailable, _socket_timeout, _stlpips_network
+from .perceptual import (
+    DOWNLOAD_TIMEOUT,
+    _BackendUnavailable,
+    _socket_timeout,
+    _stlpips_network,
+    check_backend_arguments,
+    default_device,
+    first_available_backend,
+)
 
 __all__ = ["FID_BACKENDS", "FID_MIN_SAMPLES", "FIDMetric", "FIDResult", "FIDSampleSizeWarning", "sample_size_warning"]
 
@@ -235,13 +243,10 @@ class FIDMetric:
         batch_size: int = 16,
         download_timeout: float = DOWNLOAD_TIMEOUT,
     ) -> None:
-        if backend not in FID_BACKENDS:
-            raise ValueError(f"backend must be one of {FID_BACKENDS}, got {backend!r}")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        check_backend_arguments(backend, FID_BACKENDS, batch_size)
         if not (math.isfinite(float(download_timeout)) and float(download_timeout) > 0):
             raise ValueError(f"download_timeout must be a positive number of seconds, got {download_timeout!r}")
-        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = default_device(device)
         self.batch_size = int(batch_size)
         self.available = False
         self.backend: str | None = None
@@ -252,24 +257,14 @@ class FIDMetric:
         self._network: torch.nn.Module | None = None
         self._sets: dict[str, Any] = {}
 
-        order = ("torchmetrics", "stlpips") if backend == "auto" else (backend,)
-        problems = []
-        for candidate in order:
-            try:
-                if candidate == "torchmetrics":
-                    network = _torchmetrics_features(bool(allow_download), float(download_timeout))
-                else:
-                    network = _stlpips_features()
-            except _BackendUnavailable as exc:
-                problems.append(f"{_SHORT[candidate]}: {exc}")
-                continue
+        loaders = {"torchmetrics": lambda: _torchmetrics_features(bool(allow_download), float(download_timeout)),
+                   "stlpips": _stlpips_features}
+        self.backend, network, self.reason = first_available_backend(backend, loaders, _SHORT)
+        if network is not None:
             self._network = network.to(self.device).eval()
-            self.backend = candidate
-            self.name, self.label = _LABELS[candidate]
+            self.name, self.label = _LABELS[self.backend]
             self.num_features = int(network.num_features)
             self.available = True
-            break
-        self.reason = "; ".join(problems) if problems else None
 
     def __repr__(self) -> str:
         if self.available:

@@ -29,7 +29,7 @@ import importlib.util
 import socket
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -76,6 +76,38 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         yield
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def check_backend_arguments(backend: str, backends: tuple[str, ...], batch_size: int) -> None:
+    """The arguments every network-backed metric (LPIPS, FID) validates alike."""
+    if backend not in backends:
+        raise ValueError(f"backend must be one of {backends}, got {backend!r}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+
+
+def default_device(device: str | torch.device | None) -> torch.device:
+    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def first_available_backend(
+    backend: str, loaders: dict[str, Callable[[], torch.nn.Module]], short_names: dict[str, str]
+) -> tuple[str | None, torch.nn.Module | None, str | None]:
+    """Load ``backend``'s network, or with ``"auto"`` the first of ``loaders`` (in order) that loads.
+
+    Returns ``(backend, network, reason)``: ``reason`` says why each backend tried before was not
+    usable (``None`` when the first one loaded); ``(None, None, reason)`` when none did.
+    """
+    order = list(loaders) if backend == "auto" else [backend]
+    problems: list[str] = []
+    for candidate in order:
+        try:
+            network = loaders[candidate]()
+        except _BackendUnavailable as exc:
+            problems.append(f"{short_names[candidate]}: {exc}")
+            continue
+        return candidate, network, "; ".join(problems) or None
+    return None, None, "; ".join(problems) or None
 
 
 def _torchmetrics_network(allow_download: bool) -> torch.nn.Module:
@@ -184,11 +216,8 @@ class LPIPSMetric:
         allow_download: bool = True,
         batch_size: int = 16,
     ) -> None:
-        if backend not in LPIPS_BACKENDS:
-            raise ValueError(f"backend must be one of {LPIPS_BACKENDS}, got {backend!r}")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        check_backend_arguments(backend, LPIPS_BACKENDS, batch_size)
+        self.device = default_device(device)
         self.batch_size = int(batch_size)
         self.available = False
         self.backend: str | None = None
@@ -197,20 +226,13 @@ class LPIPSMetric:
         self.reason: str | None = None
         self._network: torch.nn.Module | None = None
 
-        order = ("torchmetrics", "stlpips") if backend == "auto" else (backend,)
-        problems = []
-        for candidate in order:
-            try:
-                network = _torchmetrics_network(allow_download) if candidate == "torchmetrics" else _stlpips_network()
-            except _BackendUnavailable as exc:
-                problems.append(f"{_LABELS[candidate][1].split(';')[0]}: {exc}")
-                continue
+        loaders = {"torchmetrics": lambda: _torchmetrics_network(allow_download), "stlpips": _stlpips_network}
+        short = {name: label.split(";")[0] for name, (_, label) in _LABELS.items()}
+        self.backend, network, self.reason = first_available_backend(backend, loaders, short)
+        if network is not None:
             self._network = network.to(self.device)
-            self.backend = candidate
-            self.name, self.label = _LABELS[candidate]
+            self.name, self.label = _LABELS[self.backend]
             self.available = True
-            break
-        self.reason = "; ".join(problems) if problems else None
 
     def __repr__(self) -> str:
         if self.available:

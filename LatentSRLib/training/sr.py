@@ -243,7 +243,7 @@ class SREvalStep:
         lr = batch["lr"].to(device)
         out = {"pred": pred, "label": batch["hr"].to(device), "lr": lr, "id": batch.get("id")}
         if self.task is not None:
-            out["pred_dc"] = data_consistent(pred.cpu(), lr.cpu(), self.task).to(device)
+            out["pred_dc"] = data_consistent(pred, lr, self.task)
         return out
 
 
