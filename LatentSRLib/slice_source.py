@@ -7,7 +7,9 @@ patient-level splits (rule 8).
 
 Per source: read, window the whole image once (robust percentiles, so every slice of a volume
 shares one window), take the slices of the chosen plane (upright), drop background slices, resample
-to the model grid.
+to the model grid. With ``fit="tile"`` (radiographs, far larger than the grid) a slice keeps its
+pixels and is cut into overlapping grid-sized tiles instead, each kept or dropped by the same
+background rule and named ``"<slice ID>/tile-<top>-<left>"``.
 
 Background rule: a slice is kept when at least ``min_foreground`` of its pixels (default 5%) are
 above ``background_level`` (default 0.05) of the window. Skull-stripped MRI and the air around a
@@ -62,11 +64,13 @@ class SliceSelection:
     Args:
         plane: anatomical plane of the slices of a volume.
         size: model grid ``(H, W)``.
-        fit: ``"pad"`` (keep physical aspect) or ``"stretch"`` (the paper's plain resize).
+        fit: ``"pad"`` (keep physical aspect), ``"stretch"`` (the paper's plain resize) or ``"tile"``
+            (native pixels, cut into grid-sized tiles).
         lower_percentile, upper_percentile: intensity window per image or volume.
         min_foreground, background_level: the background rule of this module.
         every: keep every n-th slice of a volume (1 = all).
         max_slices_per_source: evenly spaced subset of the kept slices (None = all).
+        tile_stride: pixels between tiles in tile mode (None: half the grid, so tiles overlap by half).
     """
 
     plane: str = "axial"
@@ -78,6 +82,13 @@ class SliceSelection:
     background_level: float = 0.05
     every: int = 1
     max_slices_per_source: int | None = None
+    tile_stride: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.fit not in ("pad", "stretch", "tile"):
+            raise ValueError(f"fit must be 'pad', 'stretch' or 'tile', not {self.fit!r}")
+        if self.tile_stride is not None and not 1 <= self.tile_stride <= min(self.size):
+            raise ValueError(f"tile stride must be between 1 and the grid size {min(self.size)}, not {self.tile_stride}")
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -129,7 +140,7 @@ def model_slices(source: str | os.PathLike, selection: SliceSelection = SliceSel
     """The kept slices of one source, on the model grid (see the module docstring for the rules)."""
     # imported here: torch and MONAI load only when slices are really made
     from .transforms.intensity import PercentileWindow
-    from .transforms.slicing import ModelGrid, SliceLayout
+    from .transforms.slicing import ModelGrid, SliceLayout, tile_windows
 
     source = Path(source)
     image = check_pixels(read_image(source))
@@ -143,11 +154,21 @@ def model_slices(source: str | os.PathLike, selection: SliceSelection = SliceSel
     if not kept:
         return
     grid = ModelGrid(tuple(selection.size), fit=selection.fit)
-    on_grid = grid.to_model(np.ascontiguousarray(slices[kept]), layout.pixel_spacing).clamp_(0.0, 1.0).numpy()
     subject = subject_of(image, source)
-    for row, index in enumerate(kept):
+    for index in kept:
         slice_id = subject if layout.plane == "image" else f"{subject}/{layout.plane}-{index:04d}"
-        yield ModelSlice(slice_id, subject, str(source), layout.plane, index, on_grid[row], float(foreground[index]))
+        on_grid = grid.to_model(np.ascontiguousarray(slices[index : index + 1]), layout.pixel_spacing).clamp_(0.0, 1.0)[0].numpy()
+        if not grid.tiled:
+            yield ModelSlice(slice_id, subject, str(source), layout.plane, index, on_grid, float(foreground[index]))
+            continue
+        height, width = selection.size
+        stride = selection.tile_stride or max(1, min(selection.size) // 2)
+        for top, left in tile_windows(on_grid.shape, (height, width), (stride, stride)):
+            tile = np.ascontiguousarray(on_grid[top : top + height, left : left + width])
+            tile_foreground = float((tile > selection.background_level).mean())
+            if tile_foreground >= selection.min_foreground:
+                yield ModelSlice(f"{slice_id}/tile-{top:04d}-{left:04d}", subject, str(source), layout.plane, index,
+                                 tile, tile_foreground)
 
 
 def gather_slices(inputs: Sequence[str | os.PathLike], selection: SliceSelection = SliceSelection()) -> list[ModelSlice]:

@@ -77,9 +77,10 @@ def registry_dicom(name: str) -> Path:
     return Path(path)
 
 
-def make_tiny_sr_model(root: Path, grid: int = 64) -> Path:
-    """A tiny untrained SR model (sr4, ``grid`` x ``grid``) in ``root/model``: for geometry and plumbing
-    tests, which do not need a trained one. Its autoencoder sits in ``root/vae``."""
+def make_tiny_sr_model(root: Path, grid: int = 64, fit: str = "pad") -> Path:
+    """A tiny untrained SR model (sr4, ``grid`` x ``grid``, grid ``fit`` "pad" or "tile") in
+    ``root/model``: for geometry and plumbing tests, which do not need a trained one. Its autoencoder
+    sits in ``root/vae``."""
     import numpy as np
 
     from LatentSRLib.autoencoders import load_autoencoder
@@ -105,6 +106,6 @@ def make_tiny_sr_model(root: Path, grid: int = 64) -> Path:
                                "weights_sha256": weights_fingerprint(autoencoder), "latent_channels": 2,
                                "downsampling_factor": 4},
                   latent_stats=stats, task=parse_task("sr4").to_dict(),
-                  grid={"size": [grid, grid], "fit": "pad", "lower_percentile": 0.5, "upper_percentile": 99.5},
+                  grid={"size": [grid, grid], "fit": fit, "lower_percentile": 0.5, "upper_percentile": 99.5},
                   sampling={"sampler": "ddim", "steps": 2})
     return root / "model"

@@ -26,8 +26,11 @@ def register(subparsers) -> None:
     parser.add_argument("--axis", action="append", choices=("axial", "coronal", "sagittal"), default=None,
                         help="plane(s) to slice volumes along; repeat for several (default axial)")
     parser.add_argument("--size", type=int, default=256, help="model grid size in pixels (default 256)")
-    parser.add_argument("--fit", choices=("pad", "stretch"), default="pad",
-                        help="pad keeps the physical aspect ratio; stretch resizes as the paper did")
+    parser.add_argument("--fit", choices=("pad", "stretch", "tile"), default="pad",
+                        help="pad keeps the physical aspect ratio; stretch resizes as the paper did; tile keeps "
+                        "the image's pixels and cuts it into overlapping SIZE x SIZE tiles (radiographs)")
+    parser.add_argument("--tile-stride", type=int, default=None, metavar="PIXELS",
+                        help="with --fit tile: pixels between tiles (default half of SIZE)")
     parser.add_argument("--every", type=int, default=1, metavar="N", help="keep every N-th slice of a volume")
     parser.add_argument("--max-slices", type=int, default=None, metavar="N",
                         help="at most N evenly spaced slices per volume and plane")
@@ -59,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         rule = SplitRule(val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.split_seed,
                          val_subjects=tuple(args.val), test_subjects=tuple(args.test))
         selection = SliceSelection(size=(args.size, args.size), fit=args.fit, every=args.every,
-                                   max_slices_per_source=args.max_slices, min_foreground=args.min_foreground)
+                                   max_slices_per_source=args.max_slices, min_foreground=args.min_foreground,
+                                   tile_stride=args.tile_stride)
         if args.subject_pattern:
             re.compile(args.subject_pattern)
     except (ValueError, re.error) as exc:

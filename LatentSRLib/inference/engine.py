@@ -3,7 +3,11 @@
 The data flow of DESIGN.md: window the volume to [0, 1] (the model's training percentiles,
 remembered) -> upright slices of the chosen plane -> model grid -> encode the LR slice (on the HR
 grid, rule 5) -> sample K times -> decode -> [data-consistency projection] -> back to the slice grid
--> stack -> undo the window. Maps computed alongside, per voxel on the input grid:
+-> stack -> undo the window. A model trained on tiles of large images (``fit="tile"`` in its grid,
+e.g. radiographs) keeps the slice's own pixels instead: the encode/sample/decode step runs on
+overlapping grid-sized tiles through MONAI's sliding-window inferer (Gaussian blending), and the
+data-consistency projection and consistency map are computed on the blended whole slice. Maps
+computed alongside, per voxel on the input grid:
 
 * ``uncertainty``: standard deviation across the K samples (0 when K = 1), in intensity units;
 * ``consistency``: ``|degrade(SR) - LR|``, where the result disagrees with what was measured (no
@@ -98,13 +102,31 @@ class VolumeResult:
         return {k: v for k, v in named.items() if v is not None}
 
 
-def _noise_for(slices: list[int], shape: tuple[int, ...], seed: int, sample: int) -> torch.Tensor:
-    # one generator per (slice, sample): reproducible whatever the batch size
+def _noise_for(keys: list[int], shape: tuple[int, ...], seed: int, sample: int) -> torch.Tensor:
+    # one generator per (slice or tile, sample): reproducible whatever the batch size
     out = []
-    for s in slices:
-        generator = torch.Generator().manual_seed((seed * 1_000_003 + s * 7919 + sample) % (2**63 - 1))
+    for key in keys:
+        generator = torch.Generator().manual_seed((seed * 1_000_003 + key * 7919 + sample) % (2**63 - 1))
         out.append(torch.randn(shape, generator=generator))
     return torch.stack(out)
+
+
+def _tile_key(slice_index: int, top: int, left: int) -> int:
+    return (slice_index * 65_537 + top) * 65_537 + left + 1
+
+
+def _sample_mean_std(model: SRModel, lr: torch.Tensor, keys: list[int], settings: SRSettings,
+                     latent_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, 1, H, W)`` LR inputs on the model grid -> mean and std of K decoded samples."""
+    condition = model.autoencoder.encode(lr)
+    samples = []
+    for k in range(settings.samples):
+        noise = _noise_for(keys, latent_shape, settings.seed, k).to(lr.device, condition.dtype)
+        latents = model.sample_latents(condition, steps=settings.steps, sampler=settings.sampler, noise=noise)
+        samples.append(model.autoencoder.decode(latents.float()).float())
+    stack = torch.stack(samples)  # (K, B, 1, H, W)
+    std = stack.std(0, unbiased=False) if settings.samples > 1 else torch.zeros_like(stack[0])
+    return stack.mean(0), std
 
 
 def consistency_map(sr: torch.Tensor, lr: torch.Tensor, task: Task) -> torch.Tensor:
@@ -188,6 +210,7 @@ def super_resolve_volume(
     lr_slices = np.ascontiguousarray(layout.extract(np.asarray(window.apply(image.array), dtype=np.float32)))
     grid_info = model.config.get("grid", {})
     grid = ModelGrid(tuple(grid_info.get("size", (256, 256))), fit=grid_info.get("fit", "pad"))
+    tile_overlap = float(grid_info.get("tile_overlap", 0.25))
     spacing = layout.pixel_spacing
     n = lr_slices.shape[0]
     f = model.autoencoder.downsampling_factor
@@ -197,22 +220,32 @@ def super_resolve_volume(
     std_slices = np.zeros_like(lr_slices)
     consistency_slices = np.zeros_like(lr_slices)
 
+    def tiled_mean_std(lr_model: torch.Tensor, rows: list[int], tiles_per_batch: int):
+        from monai.inferers import SlidingWindowInferer
+
+        inferer = SlidingWindowInferer(grid.size, sw_batch_size=tiles_per_batch, overlap=tile_overlap,
+                                       mode="gaussian", with_coord=True)
+        means, stds = [], []
+        for row, one in zip(rows, lr_model):
+            def predict(tiles: torch.Tensor, locations) -> torch.Tensor:
+                keys = [_tile_key(row, int(where[-2].start), int(where[-1].start)) for where in locations]
+                return torch.cat(_sample_mean_std(model, tiles, keys, settings, latent_shape), dim=1)
+
+            blended = inferer(one[None], predict)
+            means.append(blended[:, :1])
+            stds.append(blended[:, 1:])
+        return torch.cat(means), torch.cat(stds)
+
     def work(rows):
         if cancelled is not None and cancelled():
             raise Cancelled("cancelled")
         rows = list(rows)
         lr_model = grid.to_model(lr_slices[rows], spacing).clamp(0, 1)[:, None].to(torch_device)
         with torch.inference_mode(), autocast_for(torch_device, settings.autocast):
-            condition = model.autoencoder.encode(lr_model)
-            samples = []
-            for k in range(settings.samples):
-                noise = _noise_for(rows, latent_shape, settings.seed, k).to(torch_device, condition.dtype)
-                latents = model.sample_latents(condition, steps=settings.steps, sampler=settings.sampler,
-                                               noise=noise)
-                samples.append(model.autoencoder.decode(latents.float()).float())
-            stack = torch.stack(samples)  # (K, b, 1, H, W)
-            mean = stack.mean(0)
-            std = stack.std(0, unbiased=False) if settings.samples > 1 else torch.zeros_like(mean)
+            if grid.tiled:  # the batch size counts tiles here; slices go one by one
+                mean, std = tiled_mean_std(lr_model, rows, len(rows))
+            else:
+                mean, std = _sample_mean_std(model, lr_model, rows, settings, latent_shape)
             if settings.data_consistency:
                 mean = data_consistent(mean, lr_model, task)
             disagreement = consistency_map(mean, lr_model, task)

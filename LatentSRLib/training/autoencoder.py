@@ -3,7 +3,9 @@
 For users without a suitable pretrained medical VAE. The ``train_autoencoder`` entry of the bundle
 (``Training/configs/train_autoencoder.yaml``) wires these pieces into MONAI engines:
 
-* :func:`autoencoder_config` / :func:`build_autoencoder`: the network (4x or 8x, 1-4 latent channels);
+* :func:`autoencoder_config` / :func:`build_autoencoder`: the network (4x or 8x, 1-4 latent channels),
+  optionally started from a trained ``monai:<folder>`` autoencoder (:func:`pretrained_config`,
+  fine-tuning to a new domain);
 * :class:`AutoencoderLoss`: L1 + KL (+ optional perceptual) on ``[0, 1]`` images;
 * :class:`AutoencoderTrainStep`: the trainer's ``iteration_update`` (optional patch adversarial term,
   mixed precision on GPU, gradient clipping);
@@ -40,6 +42,7 @@ __all__ = [
     "ExportAutoencoder",
     "autoencoder_config",
     "build_autoencoder",
+    "pretrained_config",
 ]
 
 
@@ -80,10 +83,31 @@ def autoencoder_config(
     }
 
 
-def build_autoencoder(config: Mapping[str, Any]) -> nn.Module:
+def _monai_spec(folder: str | os.PathLike) -> str:
+    text = str(folder)
+    return text if text.startswith("monai:") else f"monai:{text}"
+
+
+def pretrained_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """The constructor arguments of the trained autoencoder in ``folder`` (``monai:<folder>`` or a
+    path), to fine-tune it: its architecture replaces the one the size arguments would give."""
+    return dict(load_monai_kl(_monai_spec(folder), str(folder).removeprefix("monai:")).info["network_args"])
+
+
+def build_autoencoder(config: Mapping[str, Any], weights_from: str | os.PathLike | None = None) -> nn.Module:
+    """A MONAI ``AutoencoderKL`` built from ``config``; with ``weights_from`` (a trained
+    ``monai:<folder>`` of the same architecture) it starts from that model's weights."""
     from monai.networks.nets import AutoencoderKL
 
-    return AutoencoderKL(**dict(config))
+    network = AutoencoderKL(**dict(config))
+    if weights_from is not None:
+        trained = load_monai_kl(_monai_spec(weights_from), str(weights_from).removeprefix("monai:"))
+        try:
+            network.load_state_dict(trained.network.state_dict(), strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"{weights_from}: its weights do not fit the configured network ({str(exc).splitlines()[0]}); "
+                             "leave the size arguments to init_from") from None
+    return network
 
 
 def kl_divergence(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,9 @@ Two exact-inverse steps and one resampling step:
 2. :class:`ModelGrid` resamples those slices to the model's grid (256x256 by default) and back.
    ``fit="pad"`` keeps the physical aspect ratio (anisotropic pixels, non-square slices) by
    resizing to square model pixels and padding; ``fit="stretch"`` resizes straight to the grid as the
-   paper did.
+   paper did; ``fit="tile"`` keeps the slice's own pixels (a radiograph is far larger than the grid):
+   the slice is only padded to a whole number of latent pixels, and the model sees it through
+   grid-sized tiles (:func:`tile_windows` for training data, MONAI's sliding window at inference).
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ import torch.nn.functional as F
 
 from ..io.image import PLANES, MedicalImage
 
-__all__ = ["SliceLayout", "ModelGrid", "resize_slices"]
+__all__ = ["SliceLayout", "ModelGrid", "resize_slices", "tile_windows", "TILE_MULTIPLE"]
+
+#: In tile mode slices are padded to a multiple of this (the largest latent down-sampling x 2).
+TILE_MULTIPLE = 16
 
 # For each plane: (world axis, wanted sign) of image rows (top to bottom) and columns (left to
 # right) in LPS, i.e. the radiological display convention.
@@ -153,28 +158,42 @@ class ModelGrid:
     """Resampling between slice grids and the model's square grid.
 
     Args:
-        size: model grid ``(H, W)``, 256x256 by default.
+        size: model grid ``(H, W)``, 256x256 by default; in tile mode the tile size.
         fit: ``"pad"`` keeps the physical aspect ratio (square model pixels, centred, padded with
-            ``pad_value``); ``"stretch"`` resizes each slice to the grid regardless of aspect.
+            ``pad_value``); ``"stretch"`` resizes each slice to the grid regardless of aspect;
+            ``"tile"`` keeps the slice's pixels and pads its bottom and right edges to a multiple of
+            :data:`TILE_MULTIPLE` (and at least one tile).
         mode: interpolation (``"bilinear"`` as in the paper's preprocessing, or ``"bicubic"``).
         pad_value: value of the padding (0 = the bottom of a [0,1] intensity window).
     """
 
     size: tuple[int, int] = (256, 256)
-    fit: Literal["pad", "stretch"] = "pad"
+    fit: Literal["pad", "stretch", "tile"] = "pad"
     mode: Literal["bilinear", "bicubic"] = "bilinear"
     pad_value: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.fit not in ("pad", "stretch"):
-            raise ValueError(f"fit must be 'pad' or 'stretch', not {self.fit!r}")
+        if self.fit not in ("pad", "stretch", "tile"):
+            raise ValueError(f"fit must be 'pad', 'stretch' or 'tile', not {self.fit!r}")
         if len(self.size) != 2 or min(self.size) < 1:
             raise ValueError(f"size must be two positive integers, not {self.size}")
+
+    @property
+    def tiled(self) -> bool:
+        return self.fit == "tile"
+
+    def model_shape(self, slice_shape: tuple[int, int]) -> tuple[int, int]:
+        """``(H, W)`` of one slice as the model sees it: the grid, or in tile mode the padded slice."""
+        if not self.tiled:
+            return tuple(self.size)
+        return tuple(max(s, -(-n // TILE_MULTIPLE) * TILE_MULTIPLE) for n, s in zip(slice_shape, self.size))
 
     def content_box(self, slice_shape: tuple[int, int], pixel_spacing: tuple[float, float] = (1.0, 1.0)) -> tuple[int, int, int, int]:
         """``(top, left, height, width)`` of the resampled slice inside the model grid."""
         if self.fit == "stretch":
             return (0, 0, *self.size)
+        if self.tiled:
+            return (0, 0, *slice_shape)
         extent = np.array(slice_shape, float) * np.array(pixel_spacing, float)
         scale = min(self.size[0] / extent[0], self.size[1] / extent[1])  # model pixels per mm
         height = int(min(self.size[0], max(1, round(extent[0] * scale))))
@@ -182,20 +201,31 @@ class ModelGrid:
         return ((self.size[0] - height) // 2, (self.size[1] - width) // 2, height, width)
 
     def to_model(self, slices, pixel_spacing: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
-        """``(N, H, W)`` slices -> ``(N, *size)`` float32 tensor on the model grid."""
+        """``(N, H, W)`` slices -> ``(N, *model_shape)`` float32 tensor on the model grid."""
         slices = torch.as_tensor(np.ascontiguousarray(slices) if isinstance(slices, np.ndarray) else slices)
+        shape = self.model_shape(tuple(slices.shape[-2:]))
         top, left, height, width = self.content_box(tuple(slices.shape[-2:]), pixel_spacing)
-        resized = resize_slices(slices, (height, width), self.mode)
-        if (height, width) == tuple(self.size):
+        resized = slices.float() if self.tiled else resize_slices(slices, (height, width), self.mode)
+        if (height, width) == tuple(shape):
             return resized
-        out = torch.full((slices.shape[0], *self.size), float(self.pad_value), dtype=resized.dtype)
+        out = torch.full((slices.shape[0], *shape), float(self.pad_value), dtype=resized.dtype)
         out[:, top : top + height, left : left + width] = resized
         return out
 
     def from_model(self, model_slices, slice_shape: tuple[int, int],
                    pixel_spacing: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
-        """Inverse of :meth:`to_model`: ``(N, *size)`` -> ``(N, *slice_shape)`` float32 tensor."""
+        """Inverse of :meth:`to_model`: ``(N, *model_shape)`` -> ``(N, *slice_shape)`` float32 tensor."""
         model_slices = torch.as_tensor(model_slices)
         top, left, height, width = self.content_box(tuple(slice_shape), pixel_spacing)
         content = model_slices[..., top : top + height, left : left + width]
-        return resize_slices(content, tuple(slice_shape), self.mode)
+        return content.float() if self.tiled else resize_slices(content, tuple(slice_shape), self.mode)
+
+
+def tile_windows(shape: tuple[int, int], size: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, int]]:
+    """``(top, left)`` of the ``size`` windows that cover an image of ``shape`` at ``stride`` (the last
+    window of each row and column flush with the edge; MONAI's sliding-window positions). An image
+    smaller than a window has the one window ``(0, 0)`` (pad it first)."""
+    from monai.data.utils import dense_patch_slices
+
+    padded = tuple(max(n, s) for n, s in zip(shape, size))
+    return [(int(rows.start), int(cols.start)) for rows, cols in dense_patch_slices(padded, size, stride)]

@@ -83,6 +83,14 @@ def test_trains_exports_and_resumes(brain_dataset, tmp_path):
     assert exported["iterations"] == 30 and exported["weights"].startswith("best validation checkpoint")
     assert (model / "latent_stats.json").is_file()
 
+    # fine-tuning: init_from starts a new run from a trained model's architecture and weights
+    tuned_dir = tmp_path / "tuned"
+    run_bundle(brain_dataset, tuned_dir, max_iterations=10, init_from=f"monai:{model}", width=16)
+    tuned = json.loads((tuned_dir / "model" / "config.json").read_text())
+    assert tuned["network_args"] == config["network_args"]  # the trained model's, not width 16
+    assert tuned["metadata"]["training"]["init_from"] == f"monai:{model}"
+    assert read_log(tuned_dir / "train_log.csv")[0]["l1"] < train[0]["l1"]  # it starts where the first run got to
+
 
 @pytest.mark.shared_data
 def test_refuses_a_missing_or_unsplit_dataset(brain_dataset, tmp_path, brats_flair):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from LatentSRLib.errors import InputError, OutputError
+from LatentSRLib.io import MedicalImage
 from LatentSRLib.slice_source import SliceSelection
 from LatentSRLib.tasks import Task, parse_task
 from LatentSRLib.training.batches import slice_dataset
@@ -82,6 +83,40 @@ def test_prepare_real_volumes_and_images(tmp_path, brats_flair, brats_t1, cxr_pn
     # a MONAI dataset of the test split yields channel-first pairs
     item = slice_dataset(reopened, "test", limit=3)[0]
     assert item["hr"].shape == item["lr"].shape == (1, 64, 64) and item["id"] == reopened.items("test", limit=3)[0]["id"]
+
+
+@pytest.mark.shared_data
+def test_tile_mode_cuts_radiographs_into_overlapping_native_tiles(cxr_pngs):
+    from LatentSRLib.slice_source import model_slices
+    from LatentSRLib.transforms.intensity import PercentileWindow
+    from LatentSRLib.io import read_image
+
+    radiograph = next(p for p in cxr_pngs if p.name == "nih-cxr14-0.png")  # 1024 x 1024
+    tiles = list(model_slices(radiograph, SliceSelection(size=(128, 128), fit="tile", min_foreground=0.0)))
+    assert len(tiles) == 15 * 15  # stride 64: (1024 - 128) / 64 + 1 per side
+    by_id = {t.id: t for t in tiles}
+    first, right, below = by_id["nih-cxr14-0/tile-0000-0000"], by_id["nih-cxr14-0/tile-0000-0064"], by_id["nih-cxr14-0/tile-0064-0000"]
+    assert first.image.shape == (128, 128) and first.subject == "nih-cxr14-0"
+    np.testing.assert_array_equal(first.image[:, 64:], right.image[:, :64])  # native pixels, half overlap
+    np.testing.assert_array_equal(first.image[64:], below.image[:64])
+    windowed, _ = PercentileWindow(0.5, 99.5, clip=True)(read_image(radiograph).array)
+    np.testing.assert_allclose(by_id["nih-cxr14-0/tile-0896-0896"].image, np.asarray(windowed)[896:, 896:], atol=1e-6)
+    # the background rule applies per tile; a custom stride is honoured
+    sparse = list(model_slices(radiograph, SliceSelection(size=(128, 128), fit="tile", tile_stride=128, min_foreground=0.5)))
+    assert 0 < len(sparse) < 64 and all(t.foreground >= 0.5 for t in sparse)
+    with pytest.raises(ValueError, match="tile stride"):
+        SliceSelection(size=(128, 128), fit="tile", tile_stride=200)
+
+
+def test_tile_mode_pads_small_images_to_one_tile(tmp_path):
+    from LatentSRLib.io import write_image
+    from LatentSRLib.slice_source import model_slices
+
+    small = tmp_path / "small.nii.gz"
+    write_image(MedicalImage(np.random.default_rng(0).random((50, 40), dtype=np.float32), (1.0, 1.0), (0.0, 0.0), np.eye(2)), small)
+    tiles = list(model_slices(small, SliceSelection(size=(64, 64), fit="tile")))
+    assert [t.id for t in tiles] == ["small/tile-0000-0000"]
+    assert tiles[0].image.shape == (64, 64) and not tiles[0].image[50:].any() and not tiles[0].image[:, 40:].any()
 
 
 @pytest.mark.shared_data
