@@ -191,14 +191,34 @@ def _resolve_spec(spec: str, folder: Path) -> str:
     return spec
 
 
-def package_sr_model(source: str | os.PathLike, target: str | os.PathLike, *, half: bool = True) -> Path:
+def _shared_autoencoder_spec(sibling: Path, target: Path, recorded: Mapping[str, Any]) -> str:
+    from .autoencoders import load_autoencoder
+    from .training.latent_cache import weights_fingerprint
+
+    if sibling.resolve().parent != target.resolve().parent or not (sibling / "autoencoder").is_dir():
+        raise InputError(f"can share only the autoencoder/ of a packaged model beside {target.name}", sibling)
+    shared = load_autoencoder(f"monai:{sibling / 'autoencoder'}", latent_stats=None)
+    if recorded.get("weights_sha256") and weights_fingerprint(shared) != recorded["weights_sha256"]:
+        raise InputError("its autoencoder is not the one this model was trained with", sibling)
+    return f"monai:../{sibling.name}/autoencoder"
+
+
+def package_sr_model(source: str | os.PathLike, target: str | os.PathLike, *, half: bool = True,
+                     share_autoencoder_with: str | os.PathLike | None = None) -> Path:
     """Write a self-contained copy of a model folder that can be moved or shipped.
 
     A ``monai:`` autoencoder is copied into ``target/autoencoder`` and referenced relatively
     (its weights unchanged, so the recorded fingerprint still holds); other specs (``medvae:``
-    names, hub ids) are kept as they are. With ``half`` the denoiser's floating-point weights are
-    stored as float16 (about half the size; they are cast back to float32 on loading) and the
-    config records it. The folder is written atomically.
+    names, hub ids) are kept as they are. With ``share_autoencoder_with`` (a packaged model in the
+    same parent folder, trained in the same latent space) the copy is not made: the model refers to
+    ``../<that model>/autoencoder``, so models shipped together store a shared autoencoder once.
+    With ``half`` the denoiser's floating-point weights are stored as float16 (about half the size;
+    they are cast back to float32 on loading) and the config records it. The folder is written
+    atomically.
+
+    Raises:
+        InputError: the model to share with is not a packaged sibling of ``target`` or holds another
+            autoencoder.
     """
     import shutil
 
@@ -212,7 +232,9 @@ def package_sr_model(source: str | os.PathLike, target: str | os.PathLike, *, ha
     with atomic_directory(target) as staging:
         recorded = config["autoencoder"]
         scheme, _, where = _resolve_spec(recorded["spec"], source).partition(":")
-        if scheme == "monai":
+        if scheme == "monai" and share_autoencoder_with is not None:
+            recorded["spec"] = _shared_autoencoder_spec(Path(share_autoencoder_with), target, recorded)
+        elif scheme == "monai":
             shutil.copytree(where, staging / "autoencoder")
             recorded["spec"] = "monai:autoencoder"
         state = load_file(str(source / WEIGHTS_FILE))

@@ -1,4 +1,5 @@
-"""``latentsr demo [-o DIR]``: the whole idea on a real brain MRI, offline, in a few minutes on a CPU."""
+"""``latentsr demo [-o DIR]``: the whole idea on a real brain MRI and a real chest radiograph, offline,
+in a few minutes on a CPU."""
 
 from __future__ import annotations
 
@@ -8,44 +9,71 @@ import argparse
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="super-resolve a real brain MRI with the reference model and write maps, metrics and a montage",
-        description="Take a real brain MRI volume (by default the MNI ICBM152 2009a T1 template that ships "
-        "with nilearn), simulate its 4x low-resolution acquisition, super-resolve it with the reference "
-        "model and write the SR volume, uncertainty, consistency, difference and hallucination maps, a "
-        "metrics table against bicubic and the autoencoder ceiling, and a PNG montage. Needs no network.",
+        help="super-resolve a real brain MRI and chest radiograph with the reference models; write maps, "
+        "metrics and montages",
+        description="Take real scans that ship with registry packages (the MNI ICBM152 2009a T1 template of "
+        "nilearn; the chest radiograph RG1_UNCI.dcm of pydicom-data), simulate their 4x low-resolution "
+        "acquisition, super-resolve them with the reference models and write, per case, the SR image, "
+        "uncertainty, consistency, difference and hallucination maps, a metrics table against bicubic and the "
+        "autoencoder ceiling, and a PNG montage. Needs no network.",
     )
     parser.add_argument("-o", "--output", default="latentsr-demo", metavar="DIR",
                         help="output folder (default ./latentsr-demo; a previous demo folder is replaced)")
-    parser.add_argument("--model", metavar="MODEL_FOLDER", help="SR model (default: Training/models/brain-sr4)")
-    parser.add_argument("--input", metavar="VOLUME", help="another volume instead of the MNI template")
+    parser.add_argument("--case", action="append", choices=("brain", "chest"), default=None,
+                        help="run only this case (repeat; default all)")
+    parser.add_argument("--model", metavar="MODEL_FOLDER", help="another SR model (with one --case)")
+    parser.add_argument("--input", metavar="SCAN", help="another volume or image (with one --case)")
     parser.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default="axial")
-    parser.add_argument("--slices", type=int, default=12, help="slices around the middle (0: all; default 12)")
+    parser.add_argument("--slices", type=int, default=12, help="volumes: slices around the middle (0: all; default 12)")
+    parser.add_argument("--crop", type=int, default=0, metavar="PIXELS",
+                        help="images: keep the central PIXELS x PIXELS region (0: all; default)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     parser.add_argument("--samples", type=int, default=2, help="samples per slice (2+ give the uncertainty map)")
+    parser.add_argument("--data-consistency", action="store_true",
+                        help="project the SR onto the measured input (degrading it then reproduces the input)")
     parser.add_argument("--device", default="auto", help="auto, cuda, cpu, ...")
     parser.add_argument("--native", action="store_true",
-                        help="keep the scan's own resolution (default: put it at the model's grid resolution first)")
+                        help="keep the scan's own resolution (default: put it at the model's working resolution first)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from ..demo import run_demo
+    from ..demo import DEMO_CASES, run_demos
     from ..errors import InputError
 
-    if args.slices < 0 or args.samples < 1:
-        raise InputError("--slices must be >= 0 and --samples >= 1")
-    with tqdm(total=100, desc="demo", unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]") as bar:
+    if args.slices < 0 or args.samples < 1 or args.crop < 0:
+        raise InputError("--slices and --crop must be >= 0 and --samples >= 1")
+    cases = list(dict.fromkeys(args.case or DEMO_CASES))
+    if (args.model or args.input) and len(cases) != 1:
+        raise InputError("--model and --input replace one case's model or scan: say which with --case brain or --case chest")
+    options = {"plane": args.axis, "slices": args.slices, "crop": args.crop, "steps": args.steps,
+               "samples": args.samples, "data_consistency": args.data_consistency, "device": args.device, "native": args.native}
+    if args.model:
+        options["model"] = args.model
+    if args.input:
+        options["scan"] = args.input
+    bars = {}
+
+    def progress_for(case: str):
+        bar = bars.setdefault(case, tqdm(total=100, desc=f"demo {case}", unit="%",
+                                         bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]"))
+
         def advance(fraction: float, message: str) -> None:
             bar.n = round(100 * fraction, 1)
             bar.set_postfix_str(message)
             bar.refresh()
+        return advance
 
-        result = run_demo(args.output, model=args.model, scan=args.input, plane=args.axis, slices=args.slices,
-                          steps=args.steps, samples=args.samples, device=args.device, native=args.native,
-                          progress=advance)
-    print((result.folder / "metrics.md").read_text())
-    print(f"montage: {result.montage}")
-    print(f"volumes, maps and metrics.json: {result.folder}")
+    try:
+        results = run_demos(args.output, cases, progress_for=progress_for, **options)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    for result in results:
+        print(f"## {result.folder.name}\n")
+        print((result.folder / "metrics.md").read_text())
+        print(f"montage: {result.montage}\n")
+    print(f"images, maps and metrics.json per case, and metrics.md for all: {results[0].folder.parent}")
     return 0

@@ -17,6 +17,9 @@ def register(subparsers) -> None:
     parser.add_argument("model", metavar="MODEL_FOLDER", help="a model folder written by the training bundle")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="the packaged model folder")
     parser.add_argument("--float32", action="store_true", help="keep the weights in float32")
+    parser.add_argument("--autoencoder-from", metavar="PACKAGED_MODEL",
+                        help="refer to the autoencoder/ of this packaged model beside OUT instead of copying it "
+                        "(models shipped together, same latent space)")
     parser.set_defaults(run=run)
 
 
@@ -29,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("the output must not be the model folder or inside it", args.output)
     if target.exists() and any(target.iterdir()) and not (target / "config.json").is_file():
         raise InputError("exists and is not a model folder: refusing to replace it", args.output)
-    folder = package_sr_model(source, target, half=not args.float32)
+    folder = package_sr_model(source, target, half=not args.float32, share_autoencoder_with=args.autoencoder_from)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     print(f"packaged {args.model} -> {folder} ({size / 2**20:.1f} MB)")
     return 0

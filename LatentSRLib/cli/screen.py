@@ -21,8 +21,11 @@ def register(subparsers) -> None:
     parser.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default="axial",
                         help="plane of the slices of volumes (default axial)")
     parser.add_argument("--size", type=int, default=256, help="model grid size in pixels (default 256)")
-    parser.add_argument("--fit", choices=("pad", "stretch"), default="pad",
-                        help="pad keeps the physical aspect ratio; stretch resizes as the paper did")
+    parser.add_argument("--fit", choices=("pad", "stretch", "tile"), default="pad",
+                        help="pad keeps the physical aspect ratio; stretch resizes as the paper did; tile scores "
+                        "SIZE x SIZE tiles of the images at their own pixel size (radiographs)")
+    parser.add_argument("--tile-stride", type=int, default=None, metavar="PIXELS",
+                        help="with --fit tile: pixels between tiles (default SIZE: no overlap)")
     parser.add_argument("--max-slices", type=int, default=None, metavar="N",
                         help="at most N evenly spaced slices per volume (default all)")
     parser.add_argument("--min-foreground", type=float, default=0.05,
@@ -38,8 +41,14 @@ def run(args: argparse.Namespace) -> int:
     from ..screening import screen_autoencoders
     from ..slice_source import SliceSelection
 
-    selection = SliceSelection(plane=args.axis, size=(args.size, args.size), fit=args.fit,
-                               max_slices_per_source=args.max_slices, min_foreground=args.min_foreground)
+    from ..errors import InputError
+
+    try:
+        selection = SliceSelection(plane=args.axis, size=(args.size, args.size), fit=args.fit,
+                                   max_slices_per_source=args.max_slices, min_foreground=args.min_foreground,
+                                   tile_stride=args.tile_stride or (args.size if args.fit == "tile" else None))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     result = screen_autoencoders(args.inputs, args.vae, args.output, selection=selection,
                                  batch_size=args.batch_size, device=args.device, lpips=not args.no_lpips,
                                  seed=args.seed)
