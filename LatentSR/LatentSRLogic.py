@@ -80,9 +80,13 @@ def moduleRepositoryRoot() -> Path:
     return Path(LatentSRLib.__file__).resolve().parent.parent
 
 
+DEFAULT_MODEL_NAME = "brain-sr4"
+
+
 def defaultModelPath() -> str:
-    """The bundled reference model: ``$LATENTSR_MODEL``, else the first model folder under
-    ``Resources/Models`` beside this file or ``Training/models`` of the repository; "" when none."""
+    """The bundled reference model: ``$LATENTSR_MODEL``, else ``brain-sr4`` (the first model folder when
+    it is absent) under ``Resources/Models`` beside this file or ``Training/models`` of the
+    repository; "" when none."""
     if os.environ.get("LATENTSR_MODEL"):
         return os.environ["LATENTSR_MODEL"]
     candidates = [Path(__file__).resolve().parent / "Resources" / "Models"]
@@ -92,6 +96,8 @@ def defaultModelPath() -> str:
         pass
     for folder in candidates:
         if folder.is_dir():
+            if (folder / DEFAULT_MODEL_NAME / "config.json").is_file():
+                return str(folder / DEFAULT_MODEL_NAME)
             for config in sorted(folder.glob("*/config.json")):
                 return str(config.parent)
     return ""
@@ -293,8 +299,11 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
         if inputNode is None or inputNode.GetImageData() is None or not modelPath:
             return ""
         try:
-            grid = max(readModelConfig(modelPath)["grid"]["size"])
+            gridInfo = readModelConfig(modelPath)["grid"]
+            grid = max(gridInfo["size"])
         except (OSError, ValueError, KeyError):
+            return ""
+        if gridInfo.get("fit") == "tile":  # a tile model works at the input's own pixels
             return ""
         matrix = self.ijkToRas(inputNode)[:3, :3]
         spacing = np.linalg.norm(matrix, axis=0)

@@ -293,3 +293,27 @@ def test_packaged_model_is_movable_and_half_precision_is_faithful(model_folder, 
     (tmp_path / "busy" / "notes.txt").write_text("x")
     assert main(["package", str(model_folder), "-o", str(tmp_path / "busy")]) == 2
     assert "refusing" in capsys.readouterr().err
+
+
+def test_models_shipped_together_can_share_one_autoencoder(model_folder, tmp_path, capsys):
+    from LatentSRLib.autoencoders.monai_kl import save_monai_autoencoder
+    from LatentSRLib.cli import main
+    from LatentSRLib.training.autoencoder import autoencoder_config, build_autoencoder
+
+    shelf = tmp_path / "models"
+    assert main(["package", str(model_folder), "-o", str(shelf / "first")]) == 0
+    assert main(["package", str(model_folder), "-o", str(shelf / "second"), "--autoencoder-from", str(shelf / "first")]) == 0
+    assert not (shelf / "second" / "autoencoder").exists()
+    assert json.loads((shelf / "second" / "config.json").read_text())["autoencoder"]["spec"] == "monai:../first/autoencoder"
+    moved = tmp_path / "moved"
+    shelf.rename(moved)  # the pair moves together
+    assert load_sr_model(moved / "second").autoencoder.spec.endswith(str(moved / "second" / ".." / "first" / "autoencoder"))
+    capsys.readouterr()
+    # another model's autoencoder (other weights) or a folder that is not beside the output: refused
+    torch.manual_seed(1)
+    config = autoencoder_config(downsampling=4, latent_channels=2, width=8)
+    save_monai_autoencoder(build_autoencoder(config), moved / "other" / "autoencoder", config)
+    assert main(["package", str(model_folder), "-o", str(moved / "third"), "--autoencoder-from", str(moved / "other")]) == 2
+    assert "not the one this model was trained with" in capsys.readouterr().err
+    assert main(["package", str(model_folder), "-o", str(tmp_path / "apart"), "--autoencoder-from", str(moved / "first")]) == 2
+    assert "beside" in capsys.readouterr().err and not (tmp_path / "apart").exists()
