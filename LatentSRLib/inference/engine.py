@@ -37,7 +37,7 @@ from ..simulate import simulate_low_resolution
 from ..sr_model import SRModel
 from ..tasks import Task
 from ..transforms.intensity import IntensityWindow, PercentileWindow
-from ..transforms.slicing import ModelGrid, SliceLayout
+from ..transforms.slicing import ModelGrid, SliceLayout, tile_windows
 from .devices import autocast_for, default_batch_size, resolve_device, run_in_batches
 
 __all__ = ["Cancelled", "SRSettings", "VolumeResult", "consistency_map", "data_consistent", "super_resolve_volume"]
@@ -225,11 +225,23 @@ def super_resolve_volume(
 
         inferer = SlidingWindowInferer(grid.size, sw_batch_size=tiles_per_batch, overlap=tile_overlap,
                                        mode="gaussian", with_coord=True)
+        stride = tuple(max(1, int(s * (1 - tile_overlap))) for s in grid.size)  # as MONAI steps its windows
+        total = len(tile_windows(tuple(lr_model.shape[-2:]), grid.size, stride))
         means, stds = [], []
         for row, one in zip(rows, lr_model):
+            finished = [0]
+
             def predict(tiles: torch.Tensor, locations) -> torch.Tensor:
+                # a radiograph is one slice of many tiles: cancel and report between tile batches
+                if cancelled is not None and cancelled():
+                    raise Cancelled("cancelled")
                 keys = [_tile_key(row, int(where[-2].start), int(where[-1].start)) for where in locations]
-                return torch.cat(_sample_mean_std(model, tiles, keys, settings, latent_shape), dim=1)
+                out = torch.cat(_sample_mean_std(model, tiles, keys, settings, latent_shape), dim=1)
+                finished[0] += len(tiles)
+                if progress is not None:
+                    progress((int(done_mask.sum()) + finished[0] / total) / n,
+                             f"slice {int(done_mask.sum()) + 1}/{n}: {finished[0]}/{total} tiles")
+                return out
 
             blended = inferer(one[None], predict)
             means.append(blended[:, :1])

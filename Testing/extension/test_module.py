@@ -340,7 +340,7 @@ def test_default_model_is_the_shipped_reference_model(scene, monkeypatch):
     assert "Training/models" in cmake  # installed with the extension, beside LatentSRLib
 
 
-def test_resolution_note_when_the_model_grid_is_coarser_than_the_scan(scene, model_folder):
+def test_resolution_note_when_the_model_grid_is_coarser_than_the_scan(scene, model_folder, tmp_path):
     from LatentSRLib.io import MedicalImage
     from LatentSRLogic import LatentSRLogic
 
@@ -358,4 +358,9 @@ def test_resolution_note_when_the_model_grid_is_coarser_than_the_scan(scene, mod
                                              np.eye(3)), "coarse")
     parameters.SetNodeReferenceID("InputVolume", coarse.GetID())
     parameters.SetParameter("Axis", "axial")
+    assert logic.resolutionNote(parameters) == ""
+    # a model trained on tiles works at the scan's own pixels: no note however fine the scan
+    tiled = make_tiny_sr_model(tmp_path, grid=32, fit="tile")
+    parameters.SetParameter("ModelPath", str(tiled))
+    parameters.SetNodeReferenceID("InputVolume", fine.GetID())
     assert logic.resolutionNote(parameters) == ""

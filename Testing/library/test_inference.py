@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from LatentSRLib.errors import InputError
 from LatentSRLib.inference import SRSettings, run_in_batches, super_resolve_volume
-from LatentSRLib.inference.engine import consistency_map
+from LatentSRLib.inference.engine import Cancelled, consistency_map
 from LatentSRLib.io import MedicalImage, read_image
 from LatentSRLib.sr_model import load_sr_model
 from LatentSRLib.tasks import parse_task
@@ -105,6 +105,16 @@ def test_tile_noise_is_per_tile_so_batching_does_not_matter(tile_model_folder):
     many = super_resolve_volume(model, image, settings=SRSettings(batch_size=6, seed=5, samples=2), device="cpu")
     np.testing.assert_allclose(one.sr.array.astype(float), many.sr.array, atol=2)
     assert float(one.uncertainty.array.max()) > 0
+    # progress within the one slice, tile batch by tile batch, and a cancel between them
+    reports = []
+    super_resolve_volume(model, image, settings=SRSettings(batch_size=2), device="cpu",
+                         progress=lambda fraction, message: reports.append((fraction, message)))
+    assert len(reports) > 3 and reports[-1][0] == 1.0 and "tiles" in reports[0][1]
+    assert [f for f, _ in reports] == sorted(f for f, _ in reports)
+    calls = []
+    with pytest.raises(Cancelled):
+        super_resolve_volume(model, image, settings=SRSettings(batch_size=1), device="cpu",
+                             cancelled=lambda: calls.append(1) or len(calls) > 2)
     other = super_resolve_volume(model, image, settings=SRSettings(batch_size=1, seed=6), device="cpu")
     assert np.abs(one.sr.array.astype(float) - other.sr.array).max() > 10
     # with a reference: the review maps (autoencoder round trip of the whole slice) come out on the input grid
