@@ -29,8 +29,9 @@ def register(subparsers) -> None:
                         help="images: keep the central PIXELS x PIXELS region (0: all; default)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     parser.add_argument("--samples", type=int, default=2, help="samples per slice (2+ give the uncertainty map)")
-    parser.add_argument("--data-consistency", action="store_true",
-                        help="project the SR onto the measured input (degrading it then reproduces the input)")
+    parser.add_argument("--data-consistency", action=argparse.BooleanOptionalAction, default=None,
+                        help="project the SR onto the measured input, so that degrading it reproduces the input "
+                        "(default: on for the chest case, off for the brain; see the model cards)")
     parser.add_argument("--device", default="auto", help="auto, cuda, cpu, ...")
     parser.add_argument("--native", action="store_true",
                         help="keep the scan's own resolution (default: put it at the model's working resolution first)")
@@ -57,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     bars = {}
 
     def progress_for(case: str):
+        for finished in bars.values():  # one bar at a time: the previous case is done
+            finished.close()
         bar = bars.setdefault(case, tqdm(total=100, desc=f"demo {case}", unit="%",
                                          bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]"))
 

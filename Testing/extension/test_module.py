@@ -67,7 +67,7 @@ def test_extension_requirements_follow_pyproject():
     # serve training, evaluation and the command-line demo only (`latentsr sr` does not need them;
     # MONAI imports ignite, tensorboard and yaml only when they are installed)
     not_in_slicer = {"numpy", "simpleitk", "torch", "torchvision", "pytorch-ignite", "tensorboard", "fire", "pyyaml",
-                     "stlpips-pytorch", "spandrel", "nilearn"}
+                     "stlpips-pytorch", "spandrel", "nilearn", "pydicom-data"}
     assert required == declared - not_in_slicer
 
 
