@@ -342,13 +342,18 @@ def run_demos(outdir: str | os.PathLike, cases: Sequence[str] = tuple(DEMO_CASES
     from .errors import OutputError
     from .io.atomic import atomic_path
 
-    outdir = Path(outdir)
-    if outdir.exists() and (not outdir.is_dir() or (any(outdir.iterdir()) and not is_demo_folder(outdir))):
-        raise OutputError("exists and is not a previous demo folder; choose a new folder", outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     for case in cases:
         if case not in DEMO_CASES:
             raise InputError(f"unknown demo case {case!r}; choose from {', '.join(DEMO_CASES)}")
+    outdir = Path(outdir)
+    if outdir.exists() and (not outdir.is_dir() or (any(outdir.iterdir()) and not is_demo_folder(outdir))):
+        raise OutputError("exists and is not a previous demo folder; choose a new folder", outdir)
+    refuse_overwriting_inputs(outdir, [Path(options[k]) for k in ("scan", "model") if options.get(k)])
+    if (outdir / "montage.png").is_file():  # one case's demo folder (an older layout): replaced as a whole
+        import shutil
+
+        shutil.rmtree(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
     results = [run_demo(outdir / DEMO_CASES[case].name, case=case,
                         progress=progress_for(case) if progress_for else None, **options) for case in cases]
     summary = "".join(f"## {r.folder.name}: {Path(r.metrics['input']).name}\n\n{_table_markdown(r.table)}\n"

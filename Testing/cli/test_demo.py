@@ -8,7 +8,7 @@ import json
 import pytest
 
 from LatentSRLib.cli import main
-from LatentSRLib.demo import DEMO_CASES, default_demo_model, run_demo
+from LatentSRLib.demo import DEMO_CASES, default_demo_model, run_demo, run_demos
 from conftest import REPO_ROOT
 
 MODELS = REPO_ROOT / "Training" / "models"
@@ -93,3 +93,15 @@ def test_other_shipped_models_reproduce_their_cards(name, tmp_path):
     assert review["psnr_lr"] == pytest.approx(info["demo"]["psnr_lr"], abs=0.01)
     assert review["psnr_ae_ceiling"] == pytest.approx(info["demo"]["psnr_ae_ceiling"], abs=0.05)
     assert review["psnr_sr"] > review["psnr_lr"]
+
+
+def test_an_older_one_case_demo_folder_is_replaced_but_never_an_input_inside_it(tmp_path, capsys):
+    old = tmp_path / "latentsr-demo"
+    old.mkdir()
+    for name in ("montage.png", "metrics.md", "hr.nii.gz"):
+        (old / name).write_text("from an earlier version")
+    assert main(["demo", "-o", str(old), "--case", "brain", "--input", str(old / "hr.nii.gz")]) == 2
+    assert "holds the input" in capsys.readouterr().err and (old / "hr.nii.gz").is_file()
+    with pytest.raises(Exception, match="unknown demo case"):
+        run_demos(old, ["knee"])
+    assert (old / "montage.png").is_file()  # nothing removed before the run could start
