@@ -226,18 +226,17 @@ def _montage(path: Path, slices: dict[str, np.ndarray], scale: int, title: str) 
     plt.close(figure)
 
 
-def _central_crop(image: MedicalImage, size: int) -> MedicalImage:
-    """The central ``size`` x ``size`` pixels of a 2D image (all of it along a shorter side)."""
-    rows, cols = image.array.shape
-    top, left = max(0, (rows - size) // 2), max(0, (cols - size) // 2)
-    origin = tuple((image.index_to_world() @ np.array([left, top, 1.0]))[:2])
-    return MedicalImage(np.ascontiguousarray(image.array[top : top + size, left : left + size]), image.spacing, origin,
-                        image.direction, metadata=dict(image.metadata))
-
-
-def _zoom_box(shape: tuple[int, int], size: int = 256) -> tuple[slice, slice]:
-    """The central ``size`` x ``size`` region of a large image, where a montage panel shows pixels."""
+def _central_box(shape: tuple[int, int], size: int) -> tuple[slice, slice]:
+    """The central ``size`` x ``size`` region of an image of ``shape`` (all of it along a shorter side)."""
     return tuple(slice(max(0, (n - size) // 2), max(0, (n - size) // 2) + min(n, size)) for n in shape)
+
+
+def _central_crop(image: MedicalImage, size: int) -> MedicalImage:
+    """The central ``size`` x ``size`` pixels of a 2D image, geometry kept."""
+    rows, cols = _central_box(image.array.shape, size)
+    origin = tuple((image.index_to_world() @ np.array([cols.start, rows.start, 1.0]))[:2])
+    return MedicalImage(np.ascontiguousarray(image.array[rows, cols]), image.spacing, origin, image.direction,
+                        metadata=dict(image.metadata))
 
 
 def run_demo(outdir: str | os.PathLike, *, model: str | os.PathLike | None = None, scan: str | os.PathLike | None = None,
@@ -304,7 +303,8 @@ def run_demo(outdir: str | os.PathLike, *, model: str | os.PathLike | None = Non
         layout = SliceLayout.for_image(slab, plane)
         window = result.metrics["window"]
         width = float(window["upper"] - window["lower"]) or 1.0
-        zoom = _zoom_box(layout.slice_shape) if image.ndim == 2 else (slice(None), slice(None))
+        # a radiograph is shown in its central 256 x 256 pixels, where a montage panel shows pixels
+        zoom = _central_box(layout.slice_shape, 256) if image.ndim == 2 else (slice(None), slice(None))
 
         def upright(volume: MedicalImage, windowed: bool) -> np.ndarray:
             stack = layout.extract(np.asarray(volume.array, dtype=np.float32))

@@ -155,9 +155,9 @@ def model_slices(source: str | os.PathLike, selection: SliceSelection = SliceSel
         return
     grid = ModelGrid(tuple(selection.size), fit=selection.fit)
     subject = subject_of(image, source)
-    for index in kept:
+    all_on_grid = grid.to_model(np.ascontiguousarray(slices[kept]), layout.pixel_spacing).clamp_(0.0, 1.0).numpy()
+    for index, on_grid in zip(kept, all_on_grid):
         slice_id = subject if layout.plane == "image" else f"{subject}/{layout.plane}-{index:04d}"
-        on_grid = grid.to_model(np.ascontiguousarray(slices[index : index + 1]), layout.pixel_spacing).clamp_(0.0, 1.0)[0].numpy()
         if not grid.tiled:
             yield ModelSlice(slice_id, subject, str(source), layout.plane, index, on_grid, float(foreground[index]))
             continue

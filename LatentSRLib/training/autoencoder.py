@@ -83,15 +83,16 @@ def autoencoder_config(
     }
 
 
-def _monai_spec(folder: str | os.PathLike) -> str:
-    text = str(folder)
-    return text if text.startswith("monai:") else f"monai:{text}"
+def _trained(folder: str | os.PathLike):
+    """The trained autoencoder in ``folder`` (``monai:<folder>`` or a path)."""
+    path = str(folder).removeprefix("monai:")
+    return load_monai_kl(f"monai:{path}", path)
 
 
 def pretrained_config(folder: str | os.PathLike) -> dict[str, Any]:
     """The constructor arguments of the trained autoencoder in ``folder`` (``monai:<folder>`` or a
     path), to fine-tune it: its architecture replaces the one the size arguments would give."""
-    return dict(load_monai_kl(_monai_spec(folder), str(folder).removeprefix("monai:")).info["network_args"])
+    return dict(_trained(folder).info["network_args"])
 
 
 def build_autoencoder(config: Mapping[str, Any], weights_from: str | os.PathLike | None = None) -> nn.Module:
@@ -101,9 +102,8 @@ def build_autoencoder(config: Mapping[str, Any], weights_from: str | os.PathLike
 
     network = AutoencoderKL(**dict(config))
     if weights_from is not None:
-        trained = load_monai_kl(_monai_spec(weights_from), str(weights_from).removeprefix("monai:"))
         try:
-            network.load_state_dict(trained.network.state_dict(), strict=True)
+            network.load_state_dict(_trained(weights_from).network.state_dict(), strict=True)
         except RuntimeError as exc:
             raise ValueError(f"{weights_from}: its weights do not fit the configured network ({str(exc).splitlines()[0]}); "
                              "leave the size arguments to init_from") from None
