@@ -379,7 +379,7 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
     def process(self, parameterNode, progress=None, cancelled=None) -> dict:
         """Super-resolve in this process (blocks; scripts and tests). Returns the metrics."""
         from LatentSRLib.inference import super_resolve_volume
-        from LatentSRLib.sr_model import load_sr_model
+        from LatentSRLib.model.folder import load_sr_model
 
         self.validate(parameterNode)
         inputNode = parameterNode.GetNodeReference("InputVolume")

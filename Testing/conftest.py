@@ -87,10 +87,10 @@ def make_tiny_sr_model(root: Path, grid: int = 64, fit: str = "pad") -> Path:
     from LatentSRLib.autoencoders.latent_stats import LatentStats
     from LatentSRLib.autoencoders.monai_kl import save_monai_autoencoder
     from LatentSRLib.diffusion import DDPMObjective, build_denoiser
-    from LatentSRLib.sr_model import save_sr_model
-    from LatentSRLib.tasks import parse_task
+    from LatentSRLib.model.folder import save_sr_model
+    from LatentSRLib.transforms.tasks import parse_task
     from LatentSRLib.training.autoencoder import autoencoder_config, build_autoencoder
-    from LatentSRLib.training.latent_cache import weights_fingerprint
+    from LatentSRLib.autoencoders import weights_fingerprint
 
     torch.manual_seed(0)
     config = autoencoder_config(downsampling=4, latent_channels=2, width=8)

@@ -1,6 +1,7 @@
 """Autoencoders (VAEs) behind one interface: encode ``[0, 1]`` gray images to normalised latents and back.
 
-* :mod:`.base`: the :class:`Autoencoder` interface (shapes, ranges, batching, sampling);
+* :mod:`.base`: the :class:`Autoencoder` interface (shapes, ranges, batching, sampling) and
+  :func:`weights_fingerprint` (which weights a model was trained with);
 * :mod:`.spec`: :func:`load_autoencoder` from a spec string (``diffusers:``, ``tiny:``,
   ``monai:``, ``medvae:``);
 * :mod:`.latent_stats`: per-channel latent normalisation estimated on the user's data;
@@ -12,11 +13,11 @@ Backends import their libraries (diffusers, MONAI's networks, medvae) only when 
 this package is cheap and works without the optional ``medvae`` extra.
 """
 
-from .base import Autoencoder
-from .latent_stats import STATS_FILE_NAME, LatentStats
-from .medvae_2d import MEDVAE_2D_MODELS
-from .monai_kl import save_monai_autoencoder
-from .spec import SCHEMES, load_autoencoder, parse_spec
+from LatentSRLib.autoencoders.base import Autoencoder, weights_fingerprint
+from LatentSRLib.autoencoders.latent_stats import STATS_FILE_NAME, LatentStats
+from LatentSRLib.autoencoders.medvae_2d import MEDVAE_2D_MODELS
+from LatentSRLib.autoencoders.monai_kl import save_monai_autoencoder
+from LatentSRLib.autoencoders.spec import SCHEMES, load_autoencoder, parse_spec
 
 __all__ = [
     "Autoencoder",
@@ -27,5 +28,6 @@ __all__ = [
     "load_autoencoder",
     "parse_spec",
     "save_monai_autoencoder",
+    "weights_fingerprint",
 ]
 

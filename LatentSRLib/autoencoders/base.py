@@ -11,6 +11,7 @@ variance (the paper's code used raw latents, so the effective noise schedule dif
 from __future__ import annotations
 
 import abc
+import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -19,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .latent_stats import LatentStats
+from LatentSRLib.autoencoders.latent_stats import LatentStats
 
-__all__ = ["Autoencoder", "gray_to_channels", "channels_to_gray"]
+__all__ = ["Autoencoder", "channels_to_gray", "gray_to_channels", "weights_fingerprint"]
 
 # Inputs outside this band are not slightly-overshooting [0, 1] images but unwindowed intensities
 # or [-1, 1] images: refuse them rather than clamp them into garbage.
@@ -299,3 +300,13 @@ class Autoencoder(nn.Module, abc.ABC):
         if not outputs:
             raise ValueError("no images to process (empty batch)")
         return torch.cat(outputs)
+
+
+def weights_fingerprint(autoencoder: Autoencoder) -> str:
+    """SHA-256 of the network's weights (as float32), so a retrained model in the same folder is a
+    different autoencoder."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(autoencoder.network.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from .base import Autoencoder, channels_to_gray, gray_to_channels
-from .latent_stats import STATS_FILE_NAME
-from .sources import first_line, load_with_offline_fallback, resolve_location, spec_error, split_subfolder
+from LatentSRLib.autoencoders.base import Autoencoder, channels_to_gray, gray_to_channels
+from LatentSRLib.autoencoders.latent_stats import STATS_FILE_NAME
+from LatentSRLib.autoencoders.sources import first_line, load_with_offline_fallback, resolve_location, spec_error, split_subfolder
 
 __all__ = ["DiffusersKLAutoencoder", "load_diffusers_kl"]
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .base import Autoencoder, channels_to_gray, gray_to_channels
-from .latent_stats import STATS_FILE_NAME
-from .sources import first_line, load_with_offline_fallback, resolve_location, spec_error, split_subfolder
+from LatentSRLib.autoencoders.base import Autoencoder, channels_to_gray, gray_to_channels
+from LatentSRLib.autoencoders.latent_stats import STATS_FILE_NAME
+from LatentSRLib.autoencoders.sources import first_line, load_with_offline_fallback, resolve_location, spec_error, split_subfolder
 
 __all__ = ["TinyAutoencoder", "load_tiny"]
 
@@ -68,7 +68,7 @@ def _pair_name(encoder: Path) -> str:
 
 
 def _load_pair(spec: str, encoder_path: Path, decoder_path: Path) -> TinyAutoencoder:
-    from .taesd_weights import build_tiny_autoencoder, read_state_dict
+    from LatentSRLib.autoencoders.taesd_weights import build_tiny_autoencoder, read_state_dict
 
     weights = {}
     for role, path in (("encoder", encoder_path), ("decoder", decoder_path)):

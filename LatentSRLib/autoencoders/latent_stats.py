@@ -20,16 +20,13 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from ..errors import InputError
-from ..io.atomic import atomic_path
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .base import Autoencoder
+from LatentSRLib.errors import InputError
+from LatentSRLib.io.atomic import atomic_path
 
 __all__ = ["LatentStats", "STATS_FILE_NAME"]
 
@@ -40,6 +37,13 @@ _VERSION = 1
 # A channel whose std is below this is constant on the sample: only shift it (dividing would
 # blow tiny numerical noise up to unit variance).
 _MIN_SCALE = 1e-8
+
+
+class NativeEncoder(Protocol):
+    """What :meth:`LatentStats.estimate` needs of an autoencoder (every :class:`~.base.Autoencoder` is one;
+    a protocol, so that the statistics do not import the interface that applies them)."""
+
+    def encode_native(self, images: torch.Tensor, *, sample: bool = False) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ class LatentStats:
     @classmethod
     def estimate(
         cls,
-        autoencoder: Autoencoder,
+        autoencoder: NativeEncoder,
         images: Iterable[torch.Tensor | np.ndarray],
         *,
         max_images: int | None = 1000,

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 
 import torch
 
-from .base import Autoencoder, channels_to_gray, gray_to_channels
-from .sources import first_line, spec_error
+from LatentSRLib.autoencoders.base import Autoencoder, channels_to_gray, gray_to_channels
+from LatentSRLib.autoencoders.sources import first_line, spec_error
 
 __all__ = ["MedVAEAutoencoder", "load_medvae", "MEDVAE_2D_MODELS", "MEDVAE_INSTALL_HINT"]
 

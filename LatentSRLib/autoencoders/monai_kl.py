@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..io.atomic import atomic_path
-from .base import Autoencoder, channels_to_gray, gray_to_channels
-from .latent_stats import STATS_FILE_NAME
-from .sources import first_line, resolve_location, spec_error
+from LatentSRLib.io.atomic import atomic_path
+from LatentSRLib.autoencoders.base import Autoencoder, channels_to_gray, gray_to_channels
+from LatentSRLib.autoencoders.latent_stats import STATS_FILE_NAME
+from LatentSRLib.autoencoders.sources import first_line, resolve_location, spec_error
 
 __all__ = ["MonaiKLAutoencoder", "load_monai_kl", "save_monai_autoencoder", "CONFIG_FILE_NAME", "WEIGHT_FILE_NAMES"]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from ..errors import InputError
+from LatentSRLib.errors import InputError
 
 __all__ = ["spec_error", "split_subfolder", "resolve_location", "load_with_offline_fallback", "first_line"]
 

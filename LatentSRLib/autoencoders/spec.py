@@ -18,34 +18,34 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
-from .base import Autoencoder
-from .latent_stats import LatentStats
-from .sources import spec_error
+from LatentSRLib.errors import InputError
+from LatentSRLib.autoencoders.base import Autoencoder
+from LatentSRLib.autoencoders.latent_stats import LatentStats
+from LatentSRLib.autoencoders.sources import spec_error
 
 __all__ = ["SCHEMES", "parse_spec", "load_autoencoder"]
 
 
 def _diffusers(spec: str, target: str) -> Autoencoder:
-    from .diffusers_kl import load_diffusers_kl
+    from LatentSRLib.autoencoders.diffusers_kl import load_diffusers_kl
 
     return load_diffusers_kl(spec, target)
 
 
 def _tiny(spec: str, target: str) -> Autoencoder:
-    from .diffusers_tiny import load_tiny
+    from LatentSRLib.autoencoders.diffusers_tiny import load_tiny
 
     return load_tiny(spec, target)
 
 
 def _monai(spec: str, target: str) -> Autoencoder:
-    from .monai_kl import load_monai_kl
+    from LatentSRLib.autoencoders.monai_kl import load_monai_kl
 
     return load_monai_kl(spec, target)
 
 
 def _medvae(spec: str, target: str) -> Autoencoder:
-    from .medvae_2d import load_medvae
+    from LatentSRLib.autoencoders.medvae_2d import load_medvae
 
     return load_medvae(spec, target)
 

@@ -12,9 +12,9 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from .. import __version__
-from ..errors import LatentSRError
-from . import degrade, demo, info, package, prepare, screen, sr
+from LatentSRLib import __version__
+from LatentSRLib.errors import LatentSRError
+from LatentSRLib.cli import degrade, demo, info, package, prepare, screen, sr
 
 SUBCOMMANDS = (demo, info, degrade, screen, prepare, sr, package)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..io import output_format, read_image, refuse_overwriting_inputs, write_image
-from ..tasks import DEGRADATION_MODES
+from LatentSRLib.io import output_format, read_image, refuse_overwriting_inputs, write_image
+from LatentSRLib.transforms.tasks import DEGRADATION_MODES
 
 
 def register(subparsers) -> None:
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         fmt = "dicom"  # an extension-less output is a folder: write a DICOM series there
     output_format(output, fmt)  # fail on a bad output name before the work, not after
     refuse_overwriting_inputs(output, [args.input])
-    from ..simulate import simulate_low_resolution  # torch and MONAI: only when there is work to do
+    from LatentSRLib.transforms.simulation import simulate_low_resolution  # torch and MONAI: only when there is work to do
 
     image = read_image(args.input)
     options = {}

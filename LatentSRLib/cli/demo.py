@@ -41,8 +41,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from ..demo import DEMO_CASES, run_demos
-    from ..errors import InputError
+    from LatentSRLib.demo import DEMO_CASES, run_demos
+    from LatentSRLib.errors import InputError
 
     if args.slices < 0 or args.samples < 1 or args.crop < 0:
         raise InputError("--slices and --crop must be >= 0 and --samples >= 1")

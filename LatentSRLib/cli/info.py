@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..io import describe_image, read_image
-from ..io.describe import format_description
+from LatentSRLib.io import describe_image, read_image
+from LatentSRLib.io.describe import format_description
 
 
 def register(subparsers) -> None:

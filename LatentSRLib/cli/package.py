@@ -24,8 +24,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..sr_model import package_sr_model
+    from LatentSRLib.errors import InputError
+    from LatentSRLib.model.folder import package_sr_model
 
     source, target = Path(args.model).resolve(), Path(args.output).resolve()
     if target == source or source in target.parents:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..tasks import DEGRADATION_MODES
+from LatentSRLib.transforms.tasks import DEGRADATION_MODES
 
 
 def register(subparsers) -> None:
@@ -52,10 +52,10 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import re
 
-    from ..errors import InputError
-    from ..slice_source import SliceSelection
-    from ..tasks import parse_task
-    from ..training.dataset import SplitRule, prepare_dataset
+    from LatentSRLib.errors import InputError
+    from LatentSRLib.data.slice_source import SliceSelection
+    from LatentSRLib.transforms.tasks import parse_task
+    from LatentSRLib.data.dataset import SplitRule, prepare_dataset
 
     try:
         task = parse_task(args.task, noise=args.noise, noise_kind=args.noise_kind, seed=args.seed)

@@ -38,10 +38,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..screening import screen_autoencoders
-    from ..slice_source import SliceSelection
+    from LatentSRLib.evaluation.screening import screen_autoencoders
+    from LatentSRLib.data.slice_source import SliceSelection
 
-    from ..errors import InputError
+    from LatentSRLib.errors import InputError
 
     try:
         selection = SliceSelection(plane=args.axis, size=(args.size, args.size), fit=args.fit,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 
 _EXTENSIONS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "metaimage": ".mha", "dicom": ""}
-#: first word of a machine-readable progress line (``--progress lines``)
-PROGRESS_PREFIX = "PROGRESS"
 
 
 def register(subparsers) -> None:
@@ -54,11 +52,12 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    from ..errors import InputError, OutputError
-    from ..inference import SRSettings, super_resolve_volume
-    from ..io import read_image, refuse_overwriting_inputs, write_image
-    from ..io.atomic import atomic_path
-    from ..sr_model import load_sr_model
+    from LatentSRLib.errors import InputError, OutputError
+    from LatentSRLib.inference import SRSettings, super_resolve_volume
+    from LatentSRLib.inference.background import progress_line
+    from LatentSRLib.io import read_image, refuse_overwriting_inputs, write_image
+    from LatentSRLib.io.atomic import atomic_path
+    from LatentSRLib.model.folder import load_sr_model
 
     outdir = Path(args.output)
     inputs = [p for p in (args.input, args.reference, args.mask) if p]
@@ -87,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.progress == "lines":
         def report(fraction: float, message: str) -> None:
-            print(f"{PROGRESS_PREFIX} {fraction:.4f} {message}", flush=True)
+            print(progress_line(fraction, message), flush=True)
 
         result = run_engine(report)
     else:

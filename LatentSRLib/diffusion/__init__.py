@@ -13,7 +13,7 @@ Every configuration is a plain dict that round-trips through JSON (``to_dict`` /
 ``ConditionalDenoiser.config`` / ``from_config``), so a trained model folder keeps them in one file.
 """
 
-from .denoiser import (
+from LatentSRLib.diffusion.denoiser import (
     DENOISER_PRESETS,
     MODEL_TIME_SCALE,
     ConditionalDenoiser,
@@ -21,7 +21,7 @@ from .denoiser import (
     build_denoiser,
     count_parameters,
 )
-from .objectives import (
+from LatentSRLib.diffusion.objectives import (
     LOSS_TYPES,
     OBJECTIVE_KINDS,
     PREDICTION_TYPES,
@@ -31,8 +31,8 @@ from .objectives import (
     RectifiedFlowObjective,
     objective_from_dict,
 )
-from .samplers import DDPM_SAMPLERS, FLOW_SAMPLERS, SamplingTrace, ddim_timesteps, flow_times, sample
-from .schedules import CLEAN, SCHEDULE_KINDS, NoiseSchedule
+from LatentSRLib.diffusion.samplers import DDPM_SAMPLERS, FLOW_SAMPLERS, SamplingTrace, ddim_timesteps, flow_times, sample
+from LatentSRLib.diffusion.schedules import CLEAN, SCHEDULE_KINDS, NoiseSchedule
 
 __all__ = [
     "CLEAN",

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from .denoiser import MODEL_TIME_SCALE, Denoiser
-from .rng import randint, randn, uniform
-from .schedules import NoiseSchedule
+from LatentSRLib.diffusion.denoiser import MODEL_TIME_SCALE, Denoiser
+from LatentSRLib.diffusion.rng import randint, randn, uniform
+from LatentSRLib.diffusion.schedules import NoiseSchedule
 
 __all__ = [
     "LOSS_TYPES",

@@ -7,6 +7,8 @@ and move the result, so a CPU generator gives the same numbers for CPU and GPU r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 __all__ = ["randint", "randn", "uniform"]
@@ -19,12 +21,21 @@ def _draw_device(generator: torch.Generator | None, device: torch.device) -> tor
 def randn(
     shape: tuple[int, ...],
     *,
-    generator: torch.Generator | None,
+    generator: torch.Generator | Sequence[torch.Generator] | None,
     device: torch.device | str,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Standard normal draws of ``shape`` on ``device``."""
+    """Standard normal draws of ``shape`` on ``device``.
+
+    ``generator`` may be a sequence of one generator per batch row (``len == shape[0]``): each row
+    is then drawn from its own generator, so a row's draws do not depend on the other rows.
+    """
     device = torch.device(device)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        generators = list(generator)
+        if len(generators) != shape[0]:
+            raise ValueError(f"{len(generators)} generators for {shape[0]} rows")
+        return torch.stack([randn(tuple(shape[1:]), generator=g, device=device, dtype=dtype) for g in generators])
     draw = torch.randn(shape, generator=generator, device=_draw_device(generator, device), dtype=dtype)
     return draw.to(device)
 

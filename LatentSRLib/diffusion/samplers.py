@@ -30,15 +30,16 @@ evaluate the network at ``s = 0``, a time the logit-normal training never draws.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import torch
 
-from .denoiser import Denoiser
-from .objectives import DDPMObjective, Objective, RectifiedFlowObjective
-from .rng import randn
-from .schedules import CLEAN
+from LatentSRLib.diffusion.denoiser import Denoiser
+from LatentSRLib.diffusion.objectives import DDPMObjective, Objective, RectifiedFlowObjective
+from LatentSRLib.diffusion.rng import randn
+from LatentSRLib.diffusion.schedules import CLEAN
 
 __all__ = [
     "DDPM_SAMPLERS",
@@ -135,7 +136,7 @@ def sample(
     *,
     steps: int,
     sampler: str | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     eta: float = 0.0,
     noise: torch.Tensor | None = None,
     return_trajectory: bool = False,
@@ -150,7 +151,8 @@ def sample(
         steps: number of updates (network evaluations, but Heun's ``2 * steps - 1``); at most ``T`` for DDPM.
         sampler: ``"ddim"`` (default) or ``"ddpm"`` for DDPM objectives, ``"euler"`` (default) or
             ``"heun"`` for rectified flow.
-        generator: for the start noise (when ``noise`` is not given) and stochastic updates.
+        generator: for the start noise (when ``noise`` is not given) and stochastic updates; a
+            sequence of one generator per batch row draws each row from its own.
         eta: DDIM stochasticity in ``[0, 1]``; 0 (default) is deterministic. Only ``"ddim"`` takes it.
         noise: ``(B, C, h, w)`` start noise; default ``randn`` from ``generator``.
         return_trajectory: also return a :class:`SamplingTrace`.
@@ -193,7 +195,7 @@ def _sample_ddpm(
     steps: int,
     sampler: str,
     eta: float,
-    generator: torch.Generator | None,
+    generator: torch.Generator | Sequence[torch.Generator] | None,
     trace: SamplingTrace,
 ) -> torch.Tensor:
     schedule = objective.schedule

@@ -56,20 +56,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
-from ..errors import InputError, OutputError
-from ..io.atomic import atomic_directory, refuse_overwriting_inputs
-from ..slice_source import evenly_spaced
-from .fid import FID_MIN_SAMPLES, FIDSampleSizeWarning
-from .figures import save_examples, save_run_figures, write_spectra
-from .hallucination import BACKGROUND_LEVEL
-from .methods import BuildContext, MethodBatch, build_methods
-from .metrics import ms_ssim_size_problem
-from .report import report_markdown
-from .row_statistics import statistics_from_rows
-from .rows import AGGREGATES, read_rows, write_rows
-from .scoring import score_batch
-from .tables import tables_from_statistics
+from LatentSRLib import __version__
+from LatentSRLib.errors import InputError, OutputError
+from LatentSRLib.io.atomic import atomic_directory, refuse_overwriting_inputs
+from LatentSRLib.data.slice_source import evenly_spaced
+from LatentSRLib.metrics.fid import FID_MIN_SAMPLES, FIDSampleSizeWarning
+from LatentSRLib.evaluation.figures import save_examples, save_run_figures, write_spectra
+from LatentSRLib.metrics.hallucination import BACKGROUND_LEVEL
+from LatentSRLib.evaluation.methods import BuildContext, MethodBatch, build_methods
+from LatentSRLib.metrics.quality import ms_ssim_size_problem
+from LatentSRLib.evaluation.report import report_markdown
+from LatentSRLib.evaluation.row_statistics import statistics_from_rows
+from LatentSRLib.evaluation.rows import AGGREGATES, read_rows, write_rows
+from LatentSRLib.evaluation.scoring import score_batch
+from LatentSRLib.evaluation.tables import tables_from_statistics
 
 __all__ = ["EVALUATION_FORMAT", "EvaluationResult", "evaluate", "is_evaluation_folder"]
 
@@ -207,10 +207,10 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from ..inference.devices import resolve_device
-    from ..training.dataset import PreparedDataset
-    from .fid import FIDMetric
-    from .perceptual import LPIPSMetric
+    from LatentSRLib.model.devices import resolve_device
+    from LatentSRLib.data.dataset import PreparedDataset
+    from LatentSRLib.metrics.fid import FIDMetric
+    from LatentSRLib.metrics.perceptual import LPIPSMetric
 
     say = log or logger.info
     names = _check_arguments(methods, split, limit, samples, batch_size, k, n_resamples, aggregate)

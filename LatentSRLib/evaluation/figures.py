@@ -22,16 +22,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..io.atomic import atomic_path
-from .agreement import bland_altman, save_bland_altman_figure
-from .frequency import SUBBANDS
-from .hallucination import save_hallucination_figure
-from .plotting import new_figure, save_png
-from .regression import ceiling_regression, save_ceiling_regression_figure
-from .rows import values_by_unit
+from LatentSRLib.io.atomic import atomic_path
+from LatentSRLib.metrics.agreement import bland_altman, save_bland_altman_figure
+from LatentSRLib.metrics.frequency import SUBBANDS
+from LatentSRLib.metrics.hallucination import save_hallucination_figure
+from LatentSRLib.metrics.plotting import new_figure, save_png
+from LatentSRLib.metrics.regression import ceiling_regression, save_ceiling_regression_figure
+from LatentSRLib.evaluation.rows import values_by_unit
 
 if TYPE_CHECKING:
-    from .methods import Method
+    from LatentSRLib.evaluation.methods import Method
 
 __all__ = [
     "load_examples",

@@ -67,7 +67,6 @@ from __future__ import annotations
 import abc
 import math
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +76,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from LatentSRLib.errors import InputError
+from LatentSRLib.model.sampling import SamplingSettings, sample_sr
 
 __all__ = [
     "METHOD_BUILDERS",
@@ -95,7 +95,6 @@ __all__ = [
     "build_methods",
     "downsample_lr",
     "lanczos_upsample",
-    "start_noise",
 ]
 
 #: the kinds of method: classical interpolation, trained SR models, external networks, AE ceilings (oracles)
@@ -135,7 +134,7 @@ class MethodOutput:
 class BuildContext:
     """What a method builder may use: the dataset, the device and the sampling settings."""
 
-    dataset: Any  # LatentSRLib.training.dataset.PreparedDataset
+    dataset: Any  # LatentSRLib.data.dataset.PreparedDataset
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     steps: int | None = None
     sampler: str | None = None
@@ -310,72 +309,39 @@ class AutoencoderCeiling(Method):
         return {**super().describe(), "added_automatically": self.added_for is not None}
 
 
-def start_noise(ids: Sequence[str], shape: tuple[int, ...], seed: int, sample: int) -> torch.Tensor:
-    """Start noise ``(B, *shape)``: image ``id``'s sample ``k`` comes from ``seed``, the id and ``k`` alone.
-
-    So a result does not depend on the batch size or on which other images are evaluated.
-    """
-    out = []
-    for image_id in ids:
-        number = (int(seed) * 1_000_003 + zlib.crc32(str(image_id).encode()) * 7919 + int(sample)) % (2**63 - 1)
-        out.append(torch.randn(shape, generator=torch.Generator().manual_seed(number)))
-    return torch.stack(out)
-
-
 class SRModelMethod(Method):
-    """``model:<folder>``: encode the LR image, sample SR latents, decode; K samples averaged in image space.
+    """``model:<folder>``: the one sampling path (:func:`~LatentSRLib.model.sampling.sample_sr`):
+    encode the LR image, sample K times, decode, average in image space.
 
-    Start noise per (image id, sample) from ``seed`` (:func:`start_noise`). DDIM (eta 0), Euler and
-    Heun are deterministic given that noise; the ancestral DDPM sampler's later draws come from a
-    generator seeded by ``seed``, the batch's first id and the sample number.
+    Every random draw of image ``id``'s sample ``k`` is seeded by ``seed``, the id and ``k`` alone
+    (:mod:`LatentSRLib.model.sampling`), so results do not depend on the batch size.
     """
 
     kind = "sr_model"
 
     def __init__(self, name: str, model, *, steps: int | None = None, sampler: str | None = None,
                  samples: int = 1, seed: int = 0) -> None:
-        from ..diffusion import DDPM_SAMPLERS, FLOW_SAMPLERS, DDPMObjective
-
-        if int(samples) < 1:
-            raise ValueError(f"samples must be >= 1, got {samples}")
-        defaults = model.config.get("sampling", {}) or {}
+        try:
+            settings = SamplingSettings(steps=steps, sampler=sampler, samples=int(samples), seed=int(seed))
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        self.settings = settings.resolved(model.objective, model.config.get("sampling"), model.folder)
         self.name = name
         self.model = model
         self.autoencoder = model.autoencoder
         self.device = model.device
-        self.steps = int(steps or defaults.get("steps") or 50)
-        choices = DDPM_SAMPLERS if isinstance(model.objective, DDPMObjective) else FLOW_SAMPLERS
-        self.sampler = sampler or defaults.get("sampler") or choices[0]
-        if self.sampler not in choices:
-            raise InputError(f"sampler {self.sampler!r} does not fit this model's {model.objective.kind} objective; "
-                             f"choose one of {', '.join(choices)}", model.folder)
-        self.samples = int(samples)
-        self.seed = int(seed)
+        self.steps, self.sampler = self.settings.steps, self.settings.sampler
+        self.samples, self.seed = self.settings.samples, self.settings.seed
         self.inputs = (Path(model.folder),)
         preset = model.config["denoiser"].get("preset")
         self.description = (f"latent diffusion SR model {Path(model.folder).name} ({preset} "
                             f"denoiser, {model.objective.kind}) in {self.autoencoder.name}'s latent space: "
                             f"{self.sampler}, {self.steps} steps, {self.samples} sample(s) averaged, seed {self.seed}")
 
-    def _latent_shape(self, batch: MethodBatch) -> tuple[int, int, int]:
-        f = self.autoencoder.downsampling_factor
-        return (self.autoencoder.latent_channels, batch.lr.shape[-2] // f, batch.lr.shape[-1] // f)
-
     def predict(self, batch: MethodBatch) -> MethodOutput:
-        shape = self._latent_shape(batch)
-        images, latents = [], []
         with torch.inference_mode():
-            condition = self.autoencoder.encode(batch.lr.to(self.device))
-            for k in range(self.samples):
-                noise = start_noise(batch.ids, shape, self.seed, k).to(condition.device, condition.dtype)
-                number = (self.seed * 1_000_003 + zlib.crc32(batch.ids[0].encode()) + 104_729 * k) % (2**63 - 1)
-                generator = torch.Generator().manual_seed(number)
-                z = self.model.sample_latents(condition, steps=self.steps, sampler=self.sampler, noise=noise,
-                                              generator=generator if self.sampler == "ddpm" else None)
-                latents.append(z.float().cpu())
-                images.append(self.autoencoder.decode(z.float()).float().cpu())
-        predictions = torch.stack(images).mean(0)
-        return MethodOutput(predictions, sr_latents=torch.stack(latents))
+            result = sample_sr(self.model, batch.lr.to(self.device), batch.ids, self.settings, keep_latents=True)
+        return MethodOutput(result.mean.cpu(), sr_latents=result.latents)
 
     def hr_latents(self, batch: MethodBatch) -> torch.Tensor:
         with torch.inference_mode():
@@ -517,7 +483,7 @@ def _build_lanczos(argument: str, context: BuildContext) -> Method:
 
 def _spec_inputs(spec: str) -> list[Path]:
     """Local files or folders named by an autoencoder spec (protected from being written over)."""
-    from ..autoencoders import parse_spec
+    from LatentSRLib.autoencoders import parse_spec
 
     _, target = parse_spec(spec)
     paths = []
@@ -537,7 +503,7 @@ def _check_grid(autoencoder, context: BuildContext, what: str) -> None:
 
 
 def _build_autoencoder(argument: str, context: BuildContext) -> Method:
-    from ..autoencoders import load_autoencoder
+    from LatentSRLib.autoencoders import load_autoencoder
 
     if not argument:
         raise InputError("method 'ae:' needs an autoencoder spec, e.g. ae:monai:runs/brain-ae/model")
@@ -553,7 +519,7 @@ def _same_task(a, b) -> bool:
 
 
 def _build_model(argument: str, context: BuildContext) -> Method:
-    from ..sr_model import load_sr_model
+    from LatentSRLib.model.folder import load_sr_model
 
     if not argument:
         raise InputError("method 'model:' needs a model folder, e.g. model:runs/sr/model")
@@ -593,7 +559,7 @@ def build_methods(names: Sequence[str], context: BuildContext) -> list[Method]:
     Raises:
         InputError: no method, a repeated name, an unknown prefix, or a method that cannot be built.
     """
-    from ..training.latent_cache import weights_fingerprint
+    from LatentSRLib.autoencoders import weights_fingerprint
 
     names = [str(n).strip() for n in names]
     if not names:

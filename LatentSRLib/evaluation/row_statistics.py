@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from .agreement import bland_altman
-from .regression import ceiling_regression
-from .rows import (AGGREGATES, SUBBAND_COLUMNS, TEXT_COLUMNS, check_paired, lpips_column, ordered, row_columns,
+from LatentSRLib.metrics.agreement import bland_altman
+from LatentSRLib.metrics.regression import ceiling_regression
+from LatentSRLib.evaluation.rows import (AGGREGATES, SUBBAND_COLUMNS, TEXT_COLUMNS, check_paired, lpips_column, ordered, row_columns,
                    values_by_unit)
-from .statistics import EFFECT_SIZE_LABELS, holm_correction, pair_by_id, paired_comparison, summarise
+from LatentSRLib.metrics.statistics import EFFECT_SIZE_LABELS, holm_correction, pair_by_id, paired_comparison, summarise
 
 __all__ = ["COMPARED", "CONFIDENCE", "statistics_from_rows"]
 

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from .frequency import SUBBANDS
-from .statistics import pair_by_id
+from LatentSRLib.errors import InputError
+from LatentSRLib.metrics.frequency import SUBBANDS
+from LatentSRLib.metrics.statistics import pair_by_id
 
 __all__ = [
     "AGGREGATES",

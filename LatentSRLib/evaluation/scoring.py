@@ -14,11 +14,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .frequency import haar_subband_psnr, radial_power_spectrum
-from .hallucination import hallucination_maps
-from .latent_fidelity import latent_fidelity
-from .methods import Method, MethodBatch, MethodOutput
-from .metrics import ms_ssim, psnr, ssim
+from LatentSRLib.metrics.frequency import haar_subband_psnr, radial_power_spectrum
+from LatentSRLib.metrics.hallucination import hallucination_maps
+from LatentSRLib.metrics.latent_fidelity import latent_fidelity
+from LatentSRLib.evaluation.methods import Method, MethodBatch, MethodOutput
+from LatentSRLib.metrics.quality import ms_ssim, psnr, ssim
 
 __all__ = ["score_batch"]
 

@@ -18,9 +18,15 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..cli.sr import PROGRESS_PREFIX
+__all__ = ["PROGRESS_PREFIX", "BackgroundSR", "ProgressEvent", "progress_line"]
 
-__all__ = ["BackgroundSR", "ProgressEvent"]
+#: first word of a machine-readable progress line (``latentsr sr --progress lines``)
+PROGRESS_PREFIX = "PROGRESS"
+
+
+def progress_line(fraction: float, message: str) -> str:
+    """The line ``latentsr sr --progress lines`` prints and :class:`BackgroundSR` parses."""
+    return f"{PROGRESS_PREFIX} {fraction:.4f} {message}"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ computed alongside, per voxel on the input grid:
 * ``consistency``: ``|degrade(SR) - LR|``, where the result disagrees with what was measured (no
   ground truth needed), in intensity units;
 * with a reference HR volume: ``difference`` = SR - HR (intensity units) and the
-  hallucination/loss label map (+1 / -1, the AE noise floor of :mod:`LatentSRLib.evaluation.hallucination`),
+  hallucination/loss label map (+1 / -1, the AE noise floor of :mod:`LatentSRLib.metrics.hallucination`),
   with whole-volume and per-slice PSNR/SSIM;
 * with a mask: PSNR/SSIM inside each label and in the background.
 
@@ -31,16 +31,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError, LatentSRError
-from ..io import MedicalImage, check_pixels
-from ..simulate import simulate_low_resolution
-from ..sr_model import SRModel
-from ..tasks import Task
-from ..transforms.intensity import IntensityWindow, PercentileWindow
-from ..transforms.slicing import ModelGrid, SliceLayout, tile_windows
-from .devices import autocast_for, default_batch_size, resolve_device, run_in_batches
+from LatentSRLib.errors import InputError, LatentSRError
+from LatentSRLib.io import MedicalImage, check_pixels
+from LatentSRLib.transforms.simulation import simulate_low_resolution
+from LatentSRLib.model.folder import SRModel
+from LatentSRLib.inference.review import reference_review
+from LatentSRLib.model.sampling import SamplingSettings, sample_sr
+from LatentSRLib.transforms.consistency import consistency_map, data_consistent
+from LatentSRLib.transforms.intensity import IntensityWindow, PercentileWindow
+from LatentSRLib.transforms.slicing import ModelGrid, SliceLayout, tile_windows
+from LatentSRLib.model.devices import autocast_for, default_batch_size, resolve_device, run_in_batches
 
-__all__ = ["Cancelled", "SRSettings", "VolumeResult", "consistency_map", "data_consistent", "super_resolve_volume"]
+__all__ = ["Cancelled", "SRSettings", "VolumeResult", "super_resolve_volume"]
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -51,17 +53,17 @@ class Cancelled(LatentSRError):
 
 @dataclass(frozen=True)
 class SRSettings:
-    """How to sample. ``None`` takes the model's recorded default.
+    """How to run the engine. ``None`` takes the model's recorded default.
 
     Args:
-        steps: sampling steps (network evaluations per sample; Heun uses about twice as many).
-        sampler: ``"ddim"``/``"ddpm"`` (DDPM models) or ``"euler"``/``"heun"`` (rectified flow).
-        samples: K samples per slice; the SR volume is their mean and the uncertainty their std.
-        seed: start noise of slice ``s``, sample ``k`` comes from ``seed``, ``s`` and ``k`` alone, so a
-            deterministic sampler gives the same volume whatever the batch size.
+        steps, sampler, samples, seed: the sampling (:class:`~LatentSRLib.model.sampling.SamplingSettings`;
+            slice ``s``'s sample ``k`` starts from noise seeded by ``seed``, ``s`` and ``k`` alone, so a
+            deterministic sampler gives the same volume whatever the batch size). The SR volume is the
+            mean of the ``samples`` and the uncertainty their std.
         batch_size: slices per batch (None: from free GPU memory, 4 on CPU); halves on out-of-memory.
         data_consistency: project each SR slice so that degrading it reproduces the LR input
-            (``SR + (LR - degrade(SR))``, clipped); the consistency map is then measured after it.
+            (``SR + (LR - A(SR))``, clipped, with the noise-free forward operator ``A``); the
+            consistency map is then measured after it.
         autocast: reduced precision (bf16/fp16) on CUDA.
     """
 
@@ -74,10 +76,13 @@ class SRSettings:
     autocast: bool = True
 
     def __post_init__(self) -> None:
-        if self.samples < 1:
-            raise ValueError(f"samples must be >= 1, got {self.samples}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        self.sampling  # validates steps and samples  # noqa: B018
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+
+    @property
+    def sampling(self) -> SamplingSettings:
+        return SamplingSettings(steps=self.steps, sampler=self.sampler, samples=self.samples, seed=self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -102,47 +107,14 @@ class VolumeResult:
         return {k: v for k, v in named.items() if v is not None}
 
 
-def _noise_for(keys: list[int], shape: tuple[int, ...], seed: int, sample: int) -> torch.Tensor:
-    # one generator per (slice or tile, sample): reproducible whatever the batch size
-    out = []
-    for key in keys:
-        generator = torch.Generator().manual_seed((seed * 1_000_003 + key * 7919 + sample) % (2**63 - 1))
-        out.append(torch.randn(shape, generator=generator))
-    return torch.stack(out)
-
-
 def _tile_key(slice_index: int, top: int, left: int) -> int:
+    # the stable id of a tile: its slice and position (so its noise does not depend on the batching)
     return (slice_index * 65_537 + top) * 65_537 + left + 1
 
 
-def _sample_mean_std(model: SRModel, lr: torch.Tensor, keys: list[int], settings: SRSettings,
-                     latent_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, 1, H, W)`` LR inputs on the model grid -> mean and std of K decoded samples."""
-    condition = model.autoencoder.encode(lr)
-    samples = []
-    for k in range(settings.samples):
-        noise = _noise_for(keys, latent_shape, settings.seed, k).to(lr.device, condition.dtype)
-        latents = model.sample_latents(condition, steps=settings.steps, sampler=settings.sampler, noise=noise)
-        samples.append(model.autoencoder.decode(latents.float()).float())
-    stack = torch.stack(samples)  # (K, B, 1, H, W)
-    std = stack.std(0, unbiased=False) if settings.samples > 1 else torch.zeros_like(stack[0])
-    return stack.mean(0), std
-
-
-def consistency_map(sr: torch.Tensor, lr: torch.Tensor, task: Task) -> torch.Tensor:
-    """``|degrade(SR) - LR|`` for ``(B, 1, H, W)`` images in [0, 1] on the HR grid: zero where the
-    result, degraded as the model's task degrades, reproduces the measured input."""
-    return (torch.as_tensor(task.degradation()(sr)) - lr).abs()
-
-
-def data_consistent(sr: torch.Tensor, lr: torch.Tensor, task: Task) -> torch.Tensor:
-    """One projection step towards the measurement: ``SR + (LR - degrade(SR))``, clipped to [0, 1].
-
-    Degrading the result then reproduces the LR input far more closely, and whatever the model got
-    wrong in the bands the measurement kept (e.g. an autoencoder's low-frequency intensity bias) is
-    replaced by what was measured. ``(B, 1, H, W)`` images in [0, 1] on the HR grid.
-    """
-    return (sr + (lr - torch.as_tensor(task.degradation()(sr)))).clamp(0, 1)
+def _mean_std(model: SRModel, lr: torch.Tensor, keys: list[int], settings: SRSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    result = sample_sr(model, lr, keys, settings.sampling)
+    return result.mean, result.std
 
 
 def _window_for(model: SRModel, image: MedicalImage) -> IntensityWindow:
@@ -168,7 +140,7 @@ def super_resolve_volume(
     """Super-resolve ``image`` slice by slice.
 
     Args:
-        model: a loaded SR model (:func:`LatentSRLib.sr_model.load_sr_model`).
+        model: a loaded SR model (:func:`LatentSRLib.model.folder.load_sr_model`).
         image: the low-resolution scan (2D image or 3D volume, any units), or with ``simulate`` the
             high-resolution scan to degrade first.
         plane: slicing plane of a volume (the plane the model super-resolves in).
@@ -213,8 +185,6 @@ def super_resolve_volume(
     tile_overlap = float(grid_info.get("tile_overlap", 0.25))
     spacing = layout.pixel_spacing
     n = lr_slices.shape[0]
-    f = model.autoencoder.downsampling_factor
-    latent_shape = (model.autoencoder.latent_channels, grid.size[0] // f, grid.size[1] // f)
 
     sr_slices = np.zeros_like(lr_slices)
     std_slices = np.zeros_like(lr_slices)
@@ -236,7 +206,7 @@ def super_resolve_volume(
                 if cancelled is not None and cancelled():
                     raise Cancelled("cancelled")
                 keys = [_tile_key(row, int(where[-2].start), int(where[-1].start)) for where in locations]
-                out = torch.cat(_sample_mean_std(model, tiles, keys, settings, latent_shape), dim=1)
+                out = torch.cat(_mean_std(model, tiles, keys, settings), dim=1)
                 finished[0] += len(tiles)
                 if progress is not None:
                     progress((int(done_mask.sum()) + finished[0] / total) / n,
@@ -257,7 +227,7 @@ def super_resolve_volume(
             if grid.tiled:  # the batch size counts tiles here; slices go one by one
                 mean, std = tiled_mean_std(lr_model, rows, len(rows))
             else:
-                mean, std = _sample_mean_std(model, lr_model, rows, settings, latent_shape)
+                mean, std = _mean_std(model, lr_model, rows, settings)
             if settings.data_consistency:
                 mean = data_consistent(mean, lr_model, task)
             disagreement = consistency_map(mean, lr_model, task)
@@ -305,8 +275,9 @@ def super_resolve_volume(
         "consistency_mean": float(consistency_slices.mean()),
     }
     if reference is not None:
-        from .review import reference_review
-
-        reference_review(result, model, reference, mask, window, layout, grid, sr_slices, torch_device, settings)
+        review = reference_review(model, image, reference, mask, window, layout, grid, sr_slices, torch_device,
+                                  batch_size=settings.batch_size or 4, autocast=settings.autocast)
+        result.difference, result.hallucination = review.difference, review.hallucination
+        result.metrics["reference"] = review.metrics
     return result
 

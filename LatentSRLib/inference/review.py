@@ -3,30 +3,43 @@
 Everything is scored against the TRUE high-resolution volume (rule 1), in the window the engine
 used ([0, 1] units, so PSNR peaks are comparable between scans). The hallucination noise floor is
 the model's own autoencoder: each reference slice is encoded and decoded, and SR deviations beyond
-what that round trip alone produces are labelled (:mod:`LatentSRLib.evaluation.hallucination`).
+what that round trip alone produces are labelled (:mod:`LatentSRLib.metrics.hallucination`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..evaluation.hallucination import hallucination_maps
-from ..evaluation.metrics import psnr, ssim
-from ..evaluation.roi import region_metrics
-from ..io import MedicalImage
-from ..sr_model import SRModel
-from ..transforms.intensity import IntensityWindow
-from ..transforms.slicing import ModelGrid, SliceLayout
-from .devices import autocast_for
+from LatentSRLib.metrics.hallucination import hallucination_maps
+from LatentSRLib.metrics.quality import psnr, ssim
+from LatentSRLib.metrics.roi import region_metrics
+from LatentSRLib.io import MedicalImage
+from LatentSRLib.model.folder import SRModel
+from LatentSRLib.transforms.intensity import IntensityWindow
+from LatentSRLib.transforms.slicing import ModelGrid, SliceLayout
+from LatentSRLib.model.devices import autocast_for
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .engine import SRSettings, VolumeResult
+__all__ = ["ReferenceReview", "reference_review"]
 
-__all__ = ["reference_review"]
+
+@dataclass
+class ReferenceReview:
+    """The reference-based outputs of one volume, on the input's grid.
+
+    Attributes:
+        difference: SR - HR in intensity units.
+        hallucination: int8 labels, +1 hallucinated / -1 lost beyond the autoencoder's noise floor.
+        metrics: whole-volume, per-slice and per-region scores (the ``reference`` entry of ``metrics.json``).
+    """
+
+    difference: MedicalImage
+    hallucination: MedicalImage
+    metrics: dict[str, Any]
 
 
 def _number(value: float) -> float | None:
@@ -51,21 +64,21 @@ def _autoencoder_round_trip(model: SRModel, slices: np.ndarray, grid: ModelGrid,
     return np.clip(out, 0, 1)
 
 
-def reference_review(result: VolumeResult, model: SRModel, reference: MedicalImage, mask: MedicalImage | None,
+def reference_review(model: SRModel, lr: MedicalImage, reference: MedicalImage, mask: MedicalImage | None,
                      window: IntensityWindow, layout: SliceLayout, grid: ModelGrid, sr_slices: np.ndarray,
-                     device: torch.device, settings: SRSettings, k: float = 2.0) -> None:
-    """Add ``difference``, ``hallucination`` and the reference metrics to ``result`` (in place)."""
+                     device: torch.device, *, batch_size: int = 4, autocast: bool = True,
+                     k: float = 2.0) -> ReferenceReview:
+    """Score the SR slices (``(n, H, W)`` in the window's [0, 1]) of ``lr`` against ``reference``."""
     hr_slices = np.ascontiguousarray(layout.extract(np.asarray(window.apply(reference.array), dtype=np.float32)))
-    lr_slices = np.ascontiguousarray(layout.extract(np.asarray(window.apply(result.lr.array), dtype=np.float32)))
+    lr_slices = np.ascontiguousarray(layout.extract(np.asarray(window.apply(lr.array), dtype=np.float32)))
     width = float(window.upper - window.lower)
-    result.difference = reference.with_array(((layout.assemble(sr_slices) - layout.assemble(hr_slices)) * width)
+    difference = reference.with_array(((layout.assemble(sr_slices) - layout.assemble(hr_slices)) * width)
                                              .astype(np.float32), latentsr_output="difference SR - HR",
                                              source_dtype="float32")
-    ae_slices = _autoencoder_round_trip(model, hr_slices, grid, layout, device, settings.batch_size or 4,
-                                        settings.autocast)
+    ae_slices = _autoencoder_round_trip(model, hr_slices, grid, layout, device, batch_size, autocast)
     maps = hallucination_maps(sr_slices, hr_slices, ae_slices, k=k)
     labels = np.stack([m.labels for m in maps]).astype(np.int8)
-    result.hallucination = reference.with_array(layout.assemble(labels),
+    hallucination = reference.with_array(layout.assemble(labels),
                                                 latentsr_output="hallucination (+1) / loss (-1) labels",
                                                 source_dtype="int8")
     # per-slice scores only where the reference has anatomy (an empty slice has no meaningful PSNR)
@@ -112,4 +125,4 @@ def reference_review(result: VolumeResult, model: SRModel, reference: MedicalIma
         metrics["regions"] = regions
         metrics["region_slices"] = len(present)
         metrics["mask"] = str(mask.path) if mask.path else "given"
-    result.metrics["reference"] = metrics
+    return ReferenceReview(difference, hallucination, metrics)

@@ -4,11 +4,11 @@ The one place files enter and leave LatentSR. See :mod:`.image` for the array an
 conventions and :mod:`.formats` for the supported formats.
 """
 
-from .atomic import atomic_directory, atomic_path, refuse_overwriting_inputs
-from .describe import describe_image
-from .formats import FORMATS, detect_format, output_format, read_image, write_image
-from .image import MedicalImage, array_axis_of_index_axis, index_axis_of_array_axis
-from .validate import check_pixels, require_volume
+from LatentSRLib.io.atomic import atomic_directory, atomic_path, refuse_overwriting_inputs
+from LatentSRLib.io.describe import describe_image
+from LatentSRLib.io.formats import FORMATS, detect_format, output_format, read_image, write_image
+from LatentSRLib.io.image import MedicalImage, array_axis_of_index_axis, index_axis_of_array_axis
+from LatentSRLib.io.validate import check_pixels, require_volume
 
 __all__ = [
     "FORMATS",

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ..errors import OutputError
+from LatentSRLib.errors import OutputError
 
 __all__ = ["atomic_path", "atomic_directory", "refuse_overwriting_inputs"]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .image import PLANES, MedicalImage
+from LatentSRLib.io.image import PLANES, MedicalImage
 
 __all__ = ["describe_image", "format_description"]
 

@@ -29,8 +29,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from ..errors import InputError
-from .image import MedicalImage
+from LatentSRLib.errors import InputError
+from LatentSRLib.io.image import MedicalImage
 
 __all__ = ["read_dicom", "is_dicom_file"]
 

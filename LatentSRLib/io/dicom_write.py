@@ -28,10 +28,10 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DS
 
-from ..errors import OutputError
-from .atomic import atomic_directory, refuse_overwriting_inputs
-from .dicom_read import is_dicom_file
-from .image import MedicalImage
+from LatentSRLib.errors import OutputError
+from LatentSRLib.io.atomic import atomic_directory, refuse_overwriting_inputs
+from LatentSRLib.io.dicom_read import is_dicom_file
+from LatentSRLib.io.image import MedicalImage
 
 __all__ = ["write_dicom_series"]
 

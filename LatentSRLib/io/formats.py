@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, OutputError
-from .atomic import atomic_path, refuse_overwriting_inputs
-from .image import MedicalImage
+from LatentSRLib.errors import InputError, OutputError
+from LatentSRLib.io.atomic import atomic_path, refuse_overwriting_inputs
+from LatentSRLib.io.image import MedicalImage
 
 __all__ = ["read_image", "write_image", "detect_format", "FORMATS", "output_format"]
 
@@ -57,7 +57,7 @@ def detect_format(path: str | os.PathLike) -> str:
     fmt = _format_from_name(path.name)
     if fmt is not None:
         return fmt
-    from .dicom_read import is_dicom_file
+    from LatentSRLib.io.dicom_read import is_dicom_file
 
     if is_dicom_file(path):  # DICOM files often have no extension at all
         return "dicom"
@@ -82,7 +82,7 @@ def read_image(path: str | os.PathLike) -> MedicalImage:
         raise InputError("no such file or folder", path)
     fmt = detect_format(path)
     if fmt in ("dicom", "dicom-series"):
-        from .dicom_read import read_dicom
+        from LatentSRLib.io.dicom_read import read_dicom
 
         image = read_dicom(path)
     elif fmt == "mgh":
@@ -253,7 +253,7 @@ def write_image(
     fmt = output_format(path, format)
     refuse_overwriting_inputs(path, [image.path, *inputs])
     if fmt == "dicom":
-        from .dicom_write import write_dicom_series
+        from LatentSRLib.io.dicom_write import write_dicom_series
 
         if path.suffix.lower() in FORMATS["dicom"]:
             return _write_single_dicom(image, path, series_description, inputs)
@@ -306,7 +306,7 @@ def _write_mgh(image: MedicalImage, tmp: Path) -> None:
 def _write_single_dicom(image: MedicalImage, path: Path, series_description: str, inputs) -> Path:
     import tempfile
 
-    from .dicom_write import write_dicom_series
+    from LatentSRLib.io.dicom_write import write_dicom_series
 
     if image.ndim == 3 and image.shape[0] != 1:
         raise OutputError("a single .dcm file holds one slice; give a folder to write a DICOM series", path)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
-from .image import MedicalImage
+from LatentSRLib.errors import InputError
+from LatentSRLib.io.image import MedicalImage
 
 __all__ = ["check_pixels", "require_volume"]
 

@@ -1,20 +1,7 @@
-"""Training: prepared SR datasets, batches for MONAI engines, checkpoints, logs and the trainers'
-iteration steps used by the bundle in ``Training/configs``."""
+"""Training workflows wired into MONAI engines by the bundle in ``Training/configs``: the autoencoder
+and SR trainers' steps and exporters, checkpoints, logs and run folders. Datasets, batches and the
+latent cache they train on are in :mod:`LatentSRLib.data`."""
 
-from . import autoencoder, batches, checkpoints, latent_cache, logs, runs
-from .dataset import DATASET_FORMAT, SPLITS, PreparedDataset, SplitRule, assign_splits, prepare_dataset
+from LatentSRLib.training import autoencoder, checkpoints, logs, runs
 
-__all__ = [
-    "DATASET_FORMAT",
-    "SPLITS",
-    "PreparedDataset",
-    "SplitRule",
-    "assign_splits",
-    "autoencoder",
-    "batches",
-    "checkpoints",
-    "latent_cache",
-    "logs",
-    "prepare_dataset",
-    "runs",
-]
+__all__ = ["autoencoder", "checkpoints", "logs", "runs"]

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..autoencoders.latent_stats import STATS_FILE_NAME, LatentStats
-from ..autoencoders.monai_kl import load_monai_kl, save_monai_autoencoder
-from .batches import batch_to_device
-from .runs import ExportOnCompletion
-from .checkpoints import BEST, LAST
-from .dataset import PreparedDataset
+from LatentSRLib.autoencoders.latent_stats import STATS_FILE_NAME, LatentStats
+from LatentSRLib.autoencoders.monai_kl import load_monai_kl, save_monai_autoencoder
+from LatentSRLib.data.batches import batch_to_device
+from LatentSRLib.training.runs import ExportOnCompletion
+from LatentSRLib.training.checkpoints import BEST, LAST
+from LatentSRLib.data.dataset import PreparedDataset
 
 __all__ = [
     "AutoencoderEvalStep",
@@ -153,7 +153,7 @@ class AutoencoderLoss(nn.Module):
 class _STLPIPSDistance(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        from ..evaluation.perceptual import _stlpips_network
+        from LatentSRLib.metrics.perceptual import _stlpips_network
 
         self.net = _stlpips_network()
         self.net.requires_grad_(False).eval()

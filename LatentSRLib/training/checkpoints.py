@@ -25,7 +25,7 @@ import torch
 from monai.handlers import CheckpointLoader
 from monai.utils import min_version, optional_import
 
-from ..io.atomic import atomic_path
+from LatentSRLib.io.atomic import atomic_path
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import InputError, OutputError
-from .dataset import PreparedDataset
+from LatentSRLib.errors import InputError, OutputError
+from LatentSRLib.data.dataset import PreparedDataset
 
 __all__ = ["ExportOnCompletion", "attach_handlers", "start_run", "trainer_state_handlers"]
 
@@ -50,7 +50,7 @@ def trainer_state_handlers(evaluator, checkpoint_dir: str | os.PathLike, objects
     from ignite.handlers import ProgressBar
     from monai.handlers import ValidationHandler
 
-    from .checkpoints import AtomicCheckpoint, resume_handlers
+    from LatentSRLib.training.checkpoints import AtomicCheckpoint, resume_handlers
 
     handlers: list = [ValidationHandler(validator=evaluator, interval=val_interval, epoch_level=False)]
     if rank == 0:

@@ -7,7 +7,7 @@
   clipping, EMA update);
 * :class:`SREvalStep`: validation by sampling from the LR latent and decoding, scored against the
   TRUE high-resolution slice (rule 1), never against a VAE reconstruction;
-* :class:`ExportSRModel`: at the end, the best (EMA) weights become a model folder (:mod:`LatentSRLib.sr_model`).
+* :class:`ExportSRModel`: at the end, the best (EMA) weights become a model folder (:mod:`LatentSRLib.model.folder`).
 """
 
 from __future__ import annotations
@@ -24,19 +24,21 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from torch import nn
 
-from ..autoencoders import load_autoencoder
-from ..autoencoders.base import Autoencoder
-from ..autoencoders.latent_stats import LatentStats
-from ..diffusion import ConditionalDenoiser, build_denoiser, objective_from_dict, sample
-from ..errors import InputError
-from ..inference.engine import data_consistent
-from ..sr_model import save_sr_model
-from ..tasks import Task
-from .batches import LoadSlicesd
-from .runs import ExportOnCompletion
-from .checkpoints import BEST
-from .dataset import PreparedDataset
-from .latent_cache import LatentCache, build_latent_cache, open_latent_cache, weights_fingerprint
+from LatentSRLib.autoencoders import load_autoencoder
+from LatentSRLib.autoencoders.base import Autoencoder
+from LatentSRLib.autoencoders.latent_stats import LatentStats
+from LatentSRLib.diffusion import ConditionalDenoiser, build_denoiser, objective_from_dict
+from LatentSRLib.errors import InputError
+from LatentSRLib.model.folder import SRModel, save_sr_model
+from LatentSRLib.model.sampling import SamplingSettings, sample_sr
+from LatentSRLib.transforms.consistency import data_consistent
+from LatentSRLib.transforms.tasks import Task
+from LatentSRLib.data.batches import LoadSlicesd
+from LatentSRLib.training.runs import ExportOnCompletion
+from LatentSRLib.training.checkpoints import BEST
+from LatentSRLib.data.dataset import PreparedDataset
+from LatentSRLib.autoencoders import weights_fingerprint
+from LatentSRLib.data.latent_cache import LatentCache, build_latent_cache, open_latent_cache
 
 __all__ = ["ExportSRModel", "LoadLatentsd", "SREvalStep", "SRSetup", "SRTrainStep", "latent_dataset", "sr_setup"]
 
@@ -199,47 +201,35 @@ class SRTrainStep:
 class SREvalStep:
     """``iteration_update`` of a MONAI ``SupervisedEvaluator``: sample, decode, compare with the true HR.
 
-    Uses the EMA weights when given. Sampling is seeded per validation (``seed``), so successive
-    validations differ only by the weights. Returns ``{"pred": SR (B,1,H,W), "label": true HR,
-    "lr": the LR input, "id": [...]}``, images in [0, 1]; with ``task`` also ``"pred_dc"``, the SR
-    after one data-consistency projection (:func:`~LatentSRLib.inference.engine.data_consistent`),
-    what ``latentsr sr --data-consistency`` would output.
+    Samples through the one sampling path (:func:`~LatentSRLib.model.sampling.sample_sr`) from the
+    cached LR latents, with the EMA weights when given; each validation image's noise is seeded by
+    ``seed`` and its id, so successive validations differ only by the weights. Returns ``{"pred": SR
+    (B,1,H,W), "label": true HR, "lr": the LR input, "id": [...]}``, images in [0, 1]; with ``task``
+    also ``"pred_dc"``, the SR after one data-consistency projection
+    (:func:`~LatentSRLib.transforms.consistency.data_consistent`), what ``latentsr sr
+    --data-consistency`` would output.
     """
 
     def __init__(self, objective: Mapping[str, Any], autoencoder: Autoencoder, *, steps: int = 20,
                  sampler: str | None = None, ema: nn.Module | None = None, seed: int = 0,
                  task: Task | None = None) -> None:
-        self.objective = objective_from_dict(objective)
+        self.objective = objective_from_dict(objective).to_dict()
         self.autoencoder = autoencoder
         self.task = task
-        self.steps = int(steps)
-        self.sampler = sampler
+        self.settings = SamplingSettings(steps=int(steps), sampler=sampler, samples=1, seed=int(seed))
         self.ema = ema
-        self.seed = int(seed)
-        self._generator: torch.Generator | None = None
-
-    def reset(self, engine=None) -> None:
-        self._generator = torch.Generator().manual_seed(self.seed)
-
-    def attach(self, engine) -> None:
-        from monai.utils import min_version, optional_import
-
-        events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
-        engine.add_event_handler(events.EPOCH_STARTED, self.reset)
 
     @torch.no_grad()
     def __call__(self, engine, batch: Mapping[str, Any]) -> dict[str, Any]:
         device = engine.state.device
         network = self.ema.module if self.ema is not None else _unwrap(engine.network)
-        network.eval()
-        if self._generator is None:
-            self.reset()
-        condition = batch["lr_latent"].to(device)
-        noise = torch.randn(condition.shape, generator=self._generator).to(device)
-        with torch.autocast(device.type, enabled=bool(engine.amp)):
-            latents = sample(self.objective, network, condition, steps=self.steps, sampler=self.sampler, noise=noise)
         self.autoencoder.to(device)
-        pred = self.autoencoder.decode(latents.float()).clamp(0, 1)
+        model = SRModel(None, {"objective": self.objective, "task": self.task.to_dict() if self.task else None},
+                        network, self.autoencoder)
+        with torch.autocast(device.type, enabled=bool(engine.amp)):
+            result = sample_sr(model, None, list(batch["id"]), self.settings,
+                               condition=batch["lr_latent"].to(device))
+        pred = result.mean.float().clamp(0, 1)
         lr = batch["lr"].to(device)
         out = {"pred": pred, "label": batch["hr"].to(device), "lr": lr, "id": batch.get("id")}
         if self.task is not None:

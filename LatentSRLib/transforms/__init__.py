@@ -3,6 +3,6 @@
 One line per module; each module lists its public names in ``__all__``.
 """
 
-from .degradations import *  # noqa: F401,F403
-from .intensity import *  # noqa: F401,F403
-from .slicing import *  # noqa: F401,F403
+from LatentSRLib.transforms.degradations import *  # noqa: F401,F403
+from LatentSRLib.transforms.intensity import *  # noqa: F401,F403
+from LatentSRLib.transforms.slicing import *  # noqa: F401,F403

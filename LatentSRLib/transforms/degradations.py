@@ -34,7 +34,7 @@ from monai.transforms import Compose, MapTransform, Randomizable, RandGaussianNo
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple
 from scipy.signal import windows as _windows
 
-from ..tasks import DEGRADATION_MODES
+from LatentSRLib.transforms.tasks import DEGRADATION_MODES, Task
 
 __all__ = [
     "DEGRADATION_MODES",
@@ -47,6 +47,7 @@ __all__ = [
     "KSpaceTruncation",
     "KSpaceTruncationd",
     "make_degradation",
+    "task_degradation",
 ]
 
 
@@ -465,3 +466,17 @@ def make_degradation(
         # make_degradation(..., seed=s) draws exactly what AddNoise(..., seed=s) draws
         noise_step.set_random_state(seed=seed)
     return composed
+
+
+def task_degradation(task: Task, *, noise: bool = True, seed: int | None = None) -> Compose:
+    """The MONAI ``Compose`` that applies ``task`` to ``(..., H, W)`` images in [0, 1].
+
+    Args:
+        task: the degradation, factor and noise.
+        noise: ``False`` gives the task's noise-free forward operator: what the data-consistency
+            projection and the consistency map compare with the measurement (rule 11; noise is a
+            property of the measurement, not of the operator that explains it).
+        seed: the noise seed (default: the task's).
+    """
+    return make_degradation(task.mode, int(task.scale), noise=task.noise if noise else 0.0,
+                            seed=task.seed if seed is None else seed, noise_kind=task.noise_kind, **task.options)

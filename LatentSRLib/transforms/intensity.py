@@ -24,7 +24,7 @@ from monai.transforms.utils_pytorch_numpy_unification import clip as _clip
 from monai.transforms.utils_pytorch_numpy_unification import percentile as _percentile
 from monai.utils import TransformBackends, convert_data_type, convert_to_dst_type, get_equivalent_dtype
 
-from ..errors import InputError
+from LatentSRLib.errors import InputError
 
 __all__ = ["IntensityWindow", "PercentileWindow", "PercentileWindowd", "InvertWindowd"]
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io.image import PLANES, MedicalImage
+from LatentSRLib.io.image import PLANES, MedicalImage
 
 __all__ = ["SliceLayout", "ModelGrid", "resize_slices", "tile_windows", "TILE_MULTIPLE"]
 

@@ -28,12 +28,14 @@ from LatentSRLib.autoencoders import load_autoencoder  # noqa: E402
 from LatentSRLib.autoencoders.latent_stats import LatentStats  # noqa: E402
 from LatentSRLib.autoencoders.monai_kl import save_monai_autoencoder  # noqa: E402
 from LatentSRLib.diffusion import DDPMObjective, build_denoiser, count_parameters  # noqa: E402
-from LatentSRLib.inference import SRSettings, resolve_device, super_resolve_volume  # noqa: E402
+from LatentSRLib.inference import SRSettings, super_resolve_volume  # noqa: E402
+from LatentSRLib.model.devices import resolve_device  # noqa: E402
+from LatentSRLib.model.sampling import SamplingSettings, sample_sr  # noqa: E402
 from LatentSRLib.io import MedicalImage  # noqa: E402
-from LatentSRLib.sr_model import SRModel, load_sr_model, save_sr_model  # noqa: E402
-from LatentSRLib.tasks import parse_task  # noqa: E402
+from LatentSRLib.model.folder import SRModel, load_sr_model, save_sr_model  # noqa: E402
+from LatentSRLib.transforms.tasks import parse_task  # noqa: E402
 from LatentSRLib.training.autoencoder import autoencoder_config, build_autoencoder  # noqa: E402
-from LatentSRLib.training.latent_cache import weights_fingerprint  # noqa: E402
+from LatentSRLib.autoencoders import weights_fingerprint  # noqa: E402
 
 
 def untrained_model(folder: Path, preset: str, size: int) -> Path:
@@ -55,9 +57,7 @@ def naive_loop(model: SRModel, slices: np.ndarray, steps: int, device: torch.dev
     """One slice at a time, float32, no batching: what the paper's inference script does."""
     for index in range(len(slices)):
         lr = torch.from_numpy(slices[index])[None, None].to(device)
-        latent = model.autoencoder.encode(lr)
-        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(index)).to(device)
-        model.autoencoder.decode(model.sample_latents(latent, steps=steps, noise=noise))
+        sample_sr(model, lr, [index], SamplingSettings(steps=steps))
 
 
 def peak_memory(device: torch.device) -> str:

@@ -1,0 +1,239 @@
+"""A trained latent-diffusion SR model as a folder that the evaluator, the volume engine and the
+Slicer module load by path.
+
+A model folder holds::
+
+    config.json            everything needed to rebuild and use the model (below)
+    denoiser.safetensors   the denoiser's weights (the EMA weights when training kept an EMA)
+    latent_stats.json      the autoencoder's latent normalisation the model was trained with (rule 4)
+    autoencoder/           only in a packaged model (:func:`package_sr_model`): its own autoencoder,
+                           referenced by a spec relative to the model folder (``monai:autoencoder``)
+
+``config.json``: ``{"format": "latentsr.sr_model", "version": 1, "denoiser": {preset, latent_channels,
+network}, "objective": {kind, ...}, "autoencoder": {spec, name, weights_sha256, latent_channels,
+downsampling_factor}, "task": {name, mode, scale, ...}, "grid": {size, fit, percentiles, lr_grid},
+"sampling": {sampler, steps}, "data": {...}, "training": {...}}``.
+
+:class:`SRModel` holds the loaded pieces; :func:`LatentSRLib.model.sampling.sample_sr` is the one
+path that turns LR slices into SR samples with them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from LatentSRLib.autoencoders.base import Autoencoder
+from LatentSRLib.autoencoders.latent_stats import STATS_FILE_NAME, LatentStats
+from LatentSRLib.diffusion import ConditionalDenoiser, objective_from_dict
+from LatentSRLib.errors import InputError
+from LatentSRLib.io.atomic import atomic_path
+from LatentSRLib.model.sampling import DEFAULT_STEPS, SampleSet, SamplingSettings, sample_sr
+from LatentSRLib.transforms.tasks import Task
+
+__all__ = ["SRModel", "load_sr_model", "package_sr_model", "save_sr_model", "MODEL_FORMAT"]
+
+MODEL_FORMAT = "latentsr.sr_model"
+_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "denoiser.safetensors"
+
+
+def save_sr_model(
+    folder: str | os.PathLike,
+    denoiser: ConditionalDenoiser,
+    *,
+    objective: Mapping[str, Any],
+    autoencoder: Mapping[str, Any],
+    latent_stats: LatentStats,
+    task: Mapping[str, Any],
+    grid: Mapping[str, Any],
+    sampling: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a model folder (weights first, config last, each atomically)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    document = {
+        "format": MODEL_FORMAT,
+        "version": _VERSION,
+        "denoiser": denoiser.config,
+        "objective": dict(objective),
+        "autoencoder": dict(autoencoder),
+        "task": dict(task),
+        "grid": dict(grid),
+        "sampling": dict(sampling or {"sampler": None, "steps": DEFAULT_STEPS}),
+        "data": dict(data or {}),
+        "training": dict(training or {}),
+    }
+    document = json.loads(json.dumps(document))  # JSON-clean; fails early on objects
+    state = {k: v.detach().to("cpu").contiguous() for k, v in denoiser.state_dict().items()}
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": MODEL_FORMAT})
+    latent_stats.save(folder / STATS_FILE_NAME)
+    with atomic_path(folder / CONFIG_FILE) as tmp:
+        tmp.write_text(json.dumps(document, indent=2) + "\n")
+    return folder
+
+
+class SRModel:
+    """A loaded SR model: denoiser, objective, the autoencoder it works in, and its task.
+
+    Attributes:
+        folder, config: where it came from and its parsed ``config.json``.
+        denoiser: the network (eval mode).
+        objective: the training objective (decides the samplers).
+        autoencoder: loaded from the recorded spec, with the model's latent statistics.
+        task: the degradation the model was trained to undo (None for a model being trained without one).
+    """
+
+    def __init__(self, folder: Path | None, config: dict[str, Any], denoiser: ConditionalDenoiser,
+                 autoencoder: Autoencoder) -> None:
+        self.folder = folder
+        self.config = config
+        self.denoiser = denoiser.eval()
+        self.objective = objective_from_dict(config["objective"])
+        self.autoencoder = autoencoder
+        self.task = Task.from_dict(config["task"]) if config.get("task") else None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    def to(self, device: torch.device | str) -> SRModel:
+        self.denoiser.to(device)
+        self.autoencoder.to(device)
+        return self
+
+    def super_resolve(self, lr_images: torch.Tensor, ids: Sequence[str | int] | None = None,
+                      settings: SamplingSettings = SamplingSettings()) -> SampleSet:
+        """``(B, 1, H, W)`` LR images in [0, 1] on the HR grid -> mean and std of K SR samples
+        (:func:`~LatentSRLib.model.sampling.sample_sr`; ``ids`` default to the batch positions)."""
+        ids = list(range(len(lr_images))) if ids is None else list(ids)
+        return sample_sr(self, lr_images.to(self.device), ids, settings)
+
+
+def load_sr_model(folder: str | os.PathLike, *, device: str | torch.device = "cpu",
+                  autoencoder: Autoencoder | str | None = None) -> SRModel:
+    """Load a model folder.
+
+    Args:
+        folder: written by :func:`save_sr_model` (the training bundle's ``model/``).
+        device: where to put the networks.
+        autoencoder: override the recorded autoencoder (an object, or a spec string, e.g. when the
+            autoencoder folder has moved); its weights must be the ones the model was trained with.
+
+    Raises:
+        InputError: not a model folder, a damaged one, or an autoencoder that differs from the
+            one it was trained with.
+    """
+    from safetensors.torch import load_file
+
+    from LatentSRLib.autoencoders import load_autoencoder
+    from LatentSRLib.autoencoders import weights_fingerprint
+
+    folder = Path(folder)
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise InputError("not a LatentSR model folder (no config.json)", folder)
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"unreadable config.json: {exc}", folder) from None
+    if config.get("format") != MODEL_FORMAT:
+        kind = config.get("format") or "unknown"
+        hint = " (an autoencoder: pass it as --vae monai:FOLDER)" if kind == "latentsr.monai_autoencoder" else ""
+        raise InputError(f"not a LatentSR model folder: its config.json is of kind {kind!r}{hint}", folder)
+    try:
+        denoiser = ConditionalDenoiser.from_config(config["denoiser"])
+        # a packaged model may store half-precision weights: they are cast to float32 here
+        denoiser.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
+        stats = LatentStats.load(folder / STATS_FILE_NAME)
+    except InputError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise InputError(f"damaged model folder: {str(exc).splitlines()[0]}", folder) from None
+    recorded = config["autoencoder"]
+    if autoencoder is None or isinstance(autoencoder, str):
+        autoencoder = load_autoencoder(autoencoder or _resolve_spec(recorded["spec"], folder), latent_stats=None)
+    expected = recorded.get("weights_sha256")
+    if expected and weights_fingerprint(autoencoder) != expected:
+        raise InputError(f"the autoencoder {autoencoder.spec!r} is not the one this model was trained with "
+                         f"({recorded.get('spec')!r}: other weights)", folder)
+    autoencoder.deterministic = True
+    autoencoder.latent_stats = stats
+    model = SRModel(folder, config, denoiser, autoencoder)
+    return model.to(device)
+
+
+def _resolve_spec(spec: str, folder: Path) -> str:
+    """A recorded ``scheme:relative/path`` is relative to the model folder (packaged models)."""
+    scheme, _, target = spec.partition(":")
+    if scheme in ("monai", "tiny", "diffusers") and target and not Path(target).is_absolute() \
+            and (folder / target.split("#")[0]).exists():
+        return f"{scheme}:{folder / target}"
+    return spec
+
+
+def _shared_autoencoder_spec(sibling: Path, target: Path, recorded: Mapping[str, Any]) -> str:
+    from LatentSRLib.autoencoders import load_autoencoder
+    from LatentSRLib.autoencoders import weights_fingerprint
+
+    if sibling.resolve().parent != target.resolve().parent or not (sibling / "autoencoder").is_dir():
+        raise InputError(f"can share only the autoencoder/ of a packaged model beside {target.name}", sibling)
+    shared = load_autoencoder(f"monai:{sibling / 'autoencoder'}", latent_stats=None)
+    if recorded.get("weights_sha256") and weights_fingerprint(shared) != recorded["weights_sha256"]:
+        raise InputError("its autoencoder is not the one this model was trained with", sibling)
+    return f"monai:../{sibling.name}/autoencoder"
+
+
+def package_sr_model(source: str | os.PathLike, target: str | os.PathLike, *, half: bool = True,
+                     share_autoencoder_with: str | os.PathLike | None = None) -> Path:
+    """Write a self-contained copy of a model folder that can be moved or shipped.
+
+    A ``monai:`` autoencoder is copied into ``target/autoencoder`` and referenced relatively
+    (its weights unchanged, so the recorded fingerprint still holds); other specs (``medvae:``
+    names, hub ids) are kept as they are. With ``share_autoencoder_with`` (a packaged model in the
+    same parent folder, trained in the same latent space) the copy is not made: the model refers to
+    ``../<that model>/autoencoder``, so models shipped together store a shared autoencoder once.
+    With ``half`` the denoiser's floating-point weights are stored as float16 (about half the size;
+    they are cast back to float32 on loading) and the config records it. The folder is written
+    atomically.
+
+    Raises:
+        InputError: the model to share with is not a packaged sibling of ``target`` or holds another
+            autoencoder.
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from LatentSRLib.io.atomic import atomic_directory
+
+    source, target = Path(source), Path(target)
+    model = load_sr_model(source)  # validates the folder and its autoencoder
+    config = json.loads(json.dumps(model.config))
+    with atomic_directory(target) as staging:
+        recorded = config["autoencoder"]
+        scheme, _, where = _resolve_spec(recorded["spec"], source).partition(":")
+        if scheme == "monai" and share_autoencoder_with is not None:
+            recorded["spec"] = _shared_autoencoder_spec(Path(share_autoencoder_with), target, recorded)
+        elif scheme == "monai":
+            shutil.copytree(where, staging / "autoencoder")
+            recorded["spec"] = "monai:autoencoder"
+        state = load_file(str(source / WEIGHTS_FILE))
+        if half:
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": MODEL_FORMAT})
+        shutil.copy2(source / STATS_FILE_NAME, staging / STATS_FILE_NAME)
+        config["weights_dtype"] = "float16" if half else "float32"
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        load_sr_model(staging)  # the copy loads on its own
+    return target

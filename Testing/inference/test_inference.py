@@ -1,0 +1,336 @@
+"""The volume SR engine and `latentsr sr`: geometry, maps, batching, seeds and errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from LatentSRLib.errors import InputError
+from LatentSRLib.inference import SRSettings, super_resolve_volume
+from LatentSRLib.model.devices import run_in_batches
+from LatentSRLib.inference.engine import Cancelled
+from LatentSRLib.transforms.consistency import consistency_map
+from LatentSRLib.transforms.degradations import task_degradation
+from LatentSRLib.io import MedicalImage, read_image
+from LatentSRLib.model.folder import load_sr_model
+from LatentSRLib.transforms.tasks import parse_task
+from conftest import make_tiny_sr_model
+
+GRID = 64
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    return make_tiny_sr_model(tmp_path_factory.mktemp("model"), grid=GRID)
+
+
+@pytest.fixture()
+def model(model_folder):
+    return load_sr_model(model_folder)
+
+
+class ConditionEcho(torch.nn.Module):
+    def forward(self, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        return condition
+
+
+class PoolingModel:
+    """Replace the latent path by average pooling and nearest up-sampling: SR ~ LR, so where a bright
+    voxel ends up tests the slicing and re-assembly, not the (untrained) networks."""
+
+    @staticmethod
+    def install(model, monkeypatch):
+        channels = model.autoencoder.latent_channels
+        monkeypatch.setattr(model.autoencoder, "encode",
+                            lambda x, **kw: F.avg_pool2d(x, 4).repeat(1, channels, 1, 1))
+        monkeypatch.setattr(model.autoencoder, "decode",
+                            lambda z: F.interpolate(z[:, :1], scale_factor=4, mode="nearest").clamp(0, 1))
+        # an x0-predicting denoiser that answers the condition: DDIM's last step returns it exactly
+        monkeypatch.setattr(model, "denoiser", ConditionEcho())
+
+
+def small_volume(direction: np.ndarray, shape=(20, 24, 28), spacing=(1.0, 1.2, 1.5)) -> MedicalImage:
+    array = np.zeros(shape, dtype=np.int16)
+    array[4:16, 5:19, 6:22] = 100  # a block of anatomy
+    array[9:14, 8:13, 14:20] = 1000  # a bright marker (over 0.5% of voxels: inside the intensity window)
+    return MedicalImage(array, spacing, (10.0, -20.0, 30.0), direction)
+
+
+def oblique() -> np.ndarray:
+    angle = np.deg2rad(20)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    return rotation @ np.diag([-1.0, -1.0, 1.0])  # RAS-stored, rotated
+
+
+@pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0]), oblique()], ids=["LPS", "RAS", "oblique"])
+@pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
+def test_output_overlays_the_input(model, monkeypatch, direction, plane):
+    PoolingModel.install(model, monkeypatch)
+    image = small_volume(direction)
+    result = super_resolve_volume(model, image, plane=plane, settings=SRSettings(batch_size=8), device="cpu")
+    for output in result.outputs().values():
+        assert output.has_same_geometry(image)
+    assert result.sr.array.dtype == np.int16  # back in the input's units and dtype
+    marker = np.argwhere(image.array == 1000).mean(0)
+    found = np.unravel_index(np.argmax(result.sr.array), image.shape)
+    assert np.abs(np.array(found) - marker).max() <= 3, (found, marker)
+    assert np.corrcoef(result.sr.array.ravel(), image.array.ravel())[0, 1] > 0.7
+
+
+@pytest.fixture(scope="module")
+def tile_model_folder(tmp_path_factory):
+    return make_tiny_sr_model(tmp_path_factory.mktemp("tile-model"), grid=32, fit="tile")
+
+
+def radiograph_like(shape=(90, 75)) -> MedicalImage:
+    array = np.zeros(shape, dtype=np.uint16)
+    array[10:80, 8:70] = 400  # a "chest"
+    array[60:66, 50:57] = 4000  # a bright marker (over 0.5% of pixels)
+    return MedicalImage(array, (0.4, 0.4), (0.0, 0.0), np.eye(2))
+
+
+def test_tile_model_keeps_native_pixels_and_blends_tiles(tile_model_folder, monkeypatch):
+    model = load_sr_model(tile_model_folder)
+    PoolingModel.install(model, monkeypatch)
+    image = radiograph_like()
+    result = super_resolve_volume(model, image, settings=SRSettings(batch_size=2), device="cpu")
+    for output in result.outputs().values():
+        assert output.has_same_geometry(image)
+    marker = np.argwhere(image.array == 4000).mean(0)
+    found = np.unravel_index(np.argmax(result.sr.array), image.shape)
+    assert np.abs(np.array(found) - marker).max() <= 4, (found, marker)
+    # blending leaves no seams: SR ~ the 4x-pooled input everywhere, tile borders included
+    assert np.corrcoef(result.sr.array.ravel().astype(float), image.array.ravel())[0, 1] > 0.8
+
+
+def test_tile_noise_is_per_tile_so_batching_does_not_matter(tile_model_folder):
+    model = load_sr_model(tile_model_folder)
+    image = radiograph_like()
+    one = super_resolve_volume(model, image, settings=SRSettings(batch_size=1, seed=5, samples=2), device="cpu")
+    many = super_resolve_volume(model, image, settings=SRSettings(batch_size=6, seed=5, samples=2), device="cpu")
+    np.testing.assert_allclose(one.sr.array.astype(float), many.sr.array, atol=2)
+    assert float(one.uncertainty.array.max()) > 0
+    # progress within the one slice, tile batch by tile batch, and a cancel between them
+    reports = []
+    super_resolve_volume(model, image, settings=SRSettings(batch_size=2), device="cpu",
+                         progress=lambda fraction, message: reports.append((fraction, message)))
+    assert len(reports) > 3 and reports[-1][0] == 1.0 and "tiles" in reports[0][1]
+    assert [f for f, _ in reports] == sorted(f for f, _ in reports)
+    calls = []
+    with pytest.raises(Cancelled):
+        super_resolve_volume(model, image, settings=SRSettings(batch_size=1), device="cpu",
+                             cancelled=lambda: calls.append(1) or len(calls) > 2)
+    other = super_resolve_volume(model, image, settings=SRSettings(batch_size=1, seed=6), device="cpu")
+    assert np.abs(one.sr.array.astype(float) - other.sr.array).max() > 10
+    # with a reference: the review maps (autoencoder round trip of the whole slice) come out on the input grid
+    reviewed = super_resolve_volume(model, image, simulate=True, device="cpu")
+    assert reviewed.hallucination.shape == image.shape and reviewed.metrics["reference"]["psnr_ae_ceiling"] is not None
+
+
+def test_consistency_is_zero_when_sr_is_the_truth(brats_flair):
+    from LatentSRLib.transforms.intensity import PercentileWindow
+
+    volume = read_image(brats_flair)
+    hr = torch.from_numpy(np.asarray(PercentileWindow(0.5, 99.5)(volume.array[70:74])[0], dtype=np.float32))[:, None]
+    task = parse_task("sr4")
+    lr = torch.as_tensor(task_degradation(task)(hr))
+    assert float(consistency_map(hr, lr, task).max()) < 1e-5
+    blurred = F.avg_pool2d(hr, 3, stride=1, padding=1)
+    assert float(consistency_map(blurred, lr, task).mean()) > 1e-4
+
+
+def test_uncertainty_samples_and_seed(model):
+    image = small_volume(np.eye(3))
+    one = super_resolve_volume(model, image, settings=SRSettings(samples=1, seed=3), device="cpu")
+    assert float(np.abs(one.uncertainty.array).max()) == 0.0
+    again = super_resolve_volume(model, image, settings=SRSettings(samples=1, seed=3, batch_size=3), device="cpu")
+    # same seed, other batch size: the same volume, up to float rounding of batched convolutions
+    np.testing.assert_allclose(one.sr.array, again.sr.array, atol=2)
+    other = super_resolve_volume(model, image, settings=SRSettings(samples=1, seed=4), device="cpu")
+    assert np.abs(one.sr.array.astype(float) - other.sr.array).max() > 10
+    two = super_resolve_volume(model, image, settings=SRSettings(samples=2, seed=3), device="cpu")
+    assert float(two.uncertainty.array.max()) > 0.0
+
+
+def test_out_of_memory_halves_the_batch():
+    seen = []
+
+    def work(chunk):
+        if len(chunk) > 3:  # a fake allocator limit of three slices
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        seen.extend(chunk)
+        return len(chunk)
+
+    final = run_in_batches(list(range(10)), 16, work, lambda chunk, result: None)
+    assert final == 2 and seen == list(range(10))
+    with pytest.raises(RuntimeError, match="other"):
+        run_in_batches([1], 4, lambda chunk: (_ for _ in ()).throw(RuntimeError("other failure")), lambda *a: None)
+
+
+def test_bad_inputs_give_clear_errors(model, model_folder, tmp_path):
+    with pytest.raises(InputError, match="not a LatentSR model folder"):
+        load_sr_model(model_folder.parent / "vae")
+    image = small_volume(np.eye(3))
+    other = small_volume(np.eye(3), shape=(20, 24, 30))
+    with pytest.raises(InputError, match="reference is not on the input's grid"):
+        super_resolve_volume(model, image, reference=other, device="cpu")
+    with pytest.raises(InputError, match="need a reference"):
+        super_resolve_volume(model, image, mask=image, device="cpu")
+
+
+@pytest.mark.shared_data
+def test_sr_command_on_brain_with_mask(model_folder, tmp_path, brats_flair, brats_tumour_mask, capsys):
+    from LatentSRLib.cli import main
+
+    # a 24-slice crop keeps the test fast on two cores
+    volume, mask = read_image(brats_flair), read_image(brats_tumour_mask)
+    crop = slice(66, 90)
+    origin = tuple((volume.index_to_world() @ np.array([0, 0, crop.start, 1.0]))[:3])
+    small = MedicalImage(volume.array[crop], volume.spacing, origin, volume.direction)
+    small_mask = MedicalImage(mask.array[crop], mask.spacing, small.origin, mask.direction)
+    from LatentSRLib.io import write_image
+
+    write_image(small, tmp_path / "flair.nii.gz")
+    write_image(small_mask, tmp_path / "mask.nii.gz")
+    out = tmp_path / "out"
+    code = main(["sr", str(tmp_path / "flair.nii.gz"), "-o", str(out), "--model", str(model_folder),
+                 "--simulate-scale", "4", "--mask", str(tmp_path / "mask.nii.gz"), "--samples", "2", "--steps", "2"])
+    assert code == 0, capsys.readouterr().err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["consistency.nii.gz", "difference.nii.gz", "hallucination.nii.gz", "lr.nii.gz", "metrics.json",
+                     "sr.nii.gz", "uncertainty.nii.gz"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    review = metrics["reference"]
+    assert review["psnr_lr"] > 20 and review["psnr_sr"] is not None
+    assert review["per_slice"] and {"psnr_sr", "psnr_lr", "ssim_sr", "ssim_lr"} <= set(review["per_slice"][0])
+    assert set(review["regions"]) == {"inside", "background"}
+    assert review["regions"]["inside"]["pixels"] > 0
+    sr = read_image(out / "sr.nii.gz")
+    assert sr.has_same_geometry(small) and sr.array.dtype == small.array.dtype
+    labels = read_image(out / "hallucination.nii.gz").array
+    assert set(np.unique(labels)) <= {-1, 0, 1}
+    # a second run into the same folder is allowed; a folder of other files is refused
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "x.txt").write_text("x")
+    assert main(["sr", str(tmp_path / "flair.nii.gz"), "-o", str(tmp_path / "foreign"), "--model", str(model_folder)]) == 2
+    assert "not a previous" in capsys.readouterr().err
+
+
+@pytest.mark.shared_data
+def test_sr_command_on_knee_dicom(model_folder, tmp_path, knee_dicom_dir, capsys):
+    from LatentSRLib.cli import main
+
+    out = tmp_path / "knee"
+    code = main(["sr", str(knee_dicom_dir), "-o", str(out), "--model", str(model_folder), "--axis", "sagittal",
+                 "--steps", "1", "--batch-size", "16"])
+    assert code == 0, capsys.readouterr().err
+    sr = read_image(out / "sr.nii.gz")
+    knee = read_image(knee_dicom_dir)
+    assert sr.has_same_geometry(knee, atol=1e-3)
+    assert "80 slices" in capsys.readouterr().out
+
+
+def test_cancel_between_batches_and_progress(model):
+    from LatentSRLib.inference import Cancelled
+
+    image = small_volume(np.eye(3))
+    reports = []
+    result = super_resolve_volume(model, image, settings=SRSettings(batch_size=5), device="cpu",
+                                  progress=lambda fraction, message: reports.append((fraction, message)))
+    assert [r[0] for r in reports] == pytest.approx([0.25, 0.5, 0.75, 1.0]) and reports[-1][1] == "20/20 slices"
+    assert result.metrics["slices"] == 20
+    calls = []
+
+    def cancel_after_two_batches() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(Cancelled):
+        super_resolve_volume(model, image, settings=SRSettings(batch_size=5), device="cpu",
+                             cancelled=cancel_after_two_batches)
+    assert len(calls) == 3  # stopped at the third batch, the rest never ran
+
+
+def test_background_run_reports_progress_and_can_be_cancelled(model_folder, tmp_path):
+    import time
+
+    from LatentSRLib.inference.background import BackgroundSR
+    from LatentSRLib.io import write_image
+
+    image = small_volume(np.eye(3))
+    write_image(image, tmp_path / "in.nii.gz")
+    env = {"OMP_NUM_THREADS": "1"}
+    run = BackgroundSR([str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "out"), "--model", str(model_folder),
+                        "--batch-size", "5", "--device", "cpu"], env=env).start()
+    assert run.wait(timeout=300) == 0, run.log
+    events = run.poll()
+    assert [e.fraction for e in events] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert events[-1].message == "20/20 slices" and run.error is None
+    assert (tmp_path / "out" / "sr.nii.gz").is_file()
+
+    slow = BackgroundSR([str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "cancelled"), "--model", str(model_folder),
+                         "--batch-size", "1", "--samples", "8", "--steps", "50", "--device", "cpu"], env=env).start()
+    deadline = time.time() + 120
+    while not slow.poll() and time.time() < deadline:  # wait until it is really working
+        time.sleep(0.2)
+    slow.cancel()
+    assert not slow.running and slow.cancelled and slow.error is None
+    assert not (tmp_path / "cancelled" / "metrics.json").exists()  # nothing half-written
+
+    failing = BackgroundSR([str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "x"), "--model", str(model_folder)],
+                           env=env).start()
+    assert failing.wait(timeout=120) == 2
+    assert "missing.nii.gz" in failing.error and "error" in failing.error
+
+
+def test_packaged_model_is_movable_and_half_precision_is_faithful(model_folder, tmp_path, capsys):
+    import shutil
+
+    from LatentSRLib.cli import main
+
+    assert main(["package", str(model_folder), "-o", str(tmp_path / "packaged")]) == 0
+    assert "packaged" in capsys.readouterr().out
+    moved = tmp_path / "elsewhere" / "brain-sr4"
+    shutil.move(str(tmp_path / "packaged"), moved)
+    config = json.loads((moved / "config.json").read_text())
+    assert config["autoencoder"]["spec"] == "monai:autoencoder" and config["weights_dtype"] == "float16"
+    original, packaged = load_sr_model(model_folder), load_sr_model(moved)
+    assert packaged.autoencoder.spec.endswith(str(moved / "autoencoder"))
+    lr = torch.rand(2, 1, GRID, GRID)
+    a, b = original.super_resolve(lr).mean, packaged.super_resolve(lr).mean  # the same ids: the same noise
+    # fp16 storage of the weights changes the output very little (max about 2e-3 on this net)
+    assert 10 * torch.log10(1 / ((a - b) ** 2).mean()) > 55 and (a - b).abs().max() < 1e-2
+    # never into the model itself; never over a folder of other files
+    assert main(["package", str(model_folder), "-o", str(model_folder / "copy")]) == 2
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("x")
+    assert main(["package", str(model_folder), "-o", str(tmp_path / "busy")]) == 2
+    assert "refusing" in capsys.readouterr().err
+
+
+def test_models_shipped_together_can_share_one_autoencoder(model_folder, tmp_path, capsys):
+    from LatentSRLib.autoencoders.monai_kl import save_monai_autoencoder
+    from LatentSRLib.cli import main
+    from LatentSRLib.training.autoencoder import autoencoder_config, build_autoencoder
+
+    shelf = tmp_path / "models"
+    assert main(["package", str(model_folder), "-o", str(shelf / "first")]) == 0
+    assert main(["package", str(model_folder), "-o", str(shelf / "second"), "--autoencoder-from", str(shelf / "first")]) == 0
+    assert not (shelf / "second" / "autoencoder").exists()
+    assert json.loads((shelf / "second" / "config.json").read_text())["autoencoder"]["spec"] == "monai:../first/autoencoder"
+    moved = tmp_path / "moved"
+    shelf.rename(moved)  # the pair moves together
+    assert load_sr_model(moved / "second").autoencoder.spec.endswith(str(moved / "second" / ".." / "first" / "autoencoder"))
+    capsys.readouterr()
+    # another model's autoencoder (other weights) or a folder that is not beside the output: refused
+    torch.manual_seed(1)
+    config = autoencoder_config(downsampling=4, latent_channels=2, width=8)
+    save_monai_autoencoder(build_autoencoder(config), moved / "other" / "autoencoder", config)
+    assert main(["package", str(model_folder), "-o", str(moved / "third"), "--autoencoder-from", str(moved / "other")]) == 2
+    assert "not the one this model was trained with" in capsys.readouterr().err
+    assert main(["package", str(model_folder), "-o", str(tmp_path / "apart"), "--autoencoder-from", str(moved / "first")]) == 2
+    assert "beside" in capsys.readouterr().err and not (tmp_path / "apart").exists()

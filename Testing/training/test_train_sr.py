@@ -1,0 +1,126 @@
+"""The bundle's ``training`` entry: a tiny latent-diffusion SR model trained in-process on real slices,
+resumed bit-for-bit, exported as a model folder, and run under DDP with two CPU processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+from LatentSRLib.autoencoders.monai_kl import save_monai_autoencoder
+from LatentSRLib.data.slice_source import SliceSelection
+from LatentSRLib.model.folder import load_sr_model
+from LatentSRLib.model.sampling import SamplingSettings
+from LatentSRLib.transforms.tasks import parse_task
+from LatentSRLib.training.autoencoder import autoencoder_config, build_autoencoder
+from LatentSRLib.data.dataset import PreparedDataset, SplitRule, prepare_dataset
+from LatentSRLib.training.logs import read_log
+
+CONFIGS = REPO_ROOT / "Training" / "configs"
+BATCH = 4
+TINY = {"preset": "tiny", "batch_size": BATCH, "learning_rate": 2e-3, "val_images": 4, "val_steps": 4,
+        "num_workers": 0, "log_interval": 1, "ema_decay": 0.9, "cache_batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, brats_flair, brats_t1):
+    root = tmp_path_factory.mktemp("sr")
+    dataset = prepare_dataset([brats_t1, brats_flair], root / "dataset", parse_task("sr4"),
+                              selection=SliceSelection(size=(64, 64), every=6),
+                              split_rule=SplitRule(val_fraction=0, test_fraction=0, val_subjects=("*t2f",)),
+                              progress=False)
+    torch.manual_seed(0)
+    config = autoencoder_config(downsampling=4, latent_channels=2, width=8)
+    save_monai_autoencoder(build_autoencoder(config), root / "vae", config)
+    steps_per_epoch = len(dataset.indices("train")) // BATCH
+    return {"dataset": dataset.folder, "vae": f"monai:{root / 'vae'}", "epoch": steps_per_epoch, "root": root}
+
+
+def run_training(workspace, output_dir, **overrides):
+    from monai.bundle import run
+
+    run("training", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "train.yaml"),
+        logging_file=str(CONFIGS / "logging.conf"), dataset_dir=str(workspace["dataset"]), vae=workspace["vae"],
+        output_dir=str(output_dir), **{**TINY, **overrides})
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_loss_falls_and_model_folder_works(workspace, tmp_path):
+    epoch = workspace["epoch"]
+    run_dir = tmp_path / "run"
+    run_training(workspace, run_dir, max_iterations=4 * epoch, val_interval=2 * epoch, checkpoint_interval=epoch)
+    losses = [r["loss"] for r in read_log(run_dir / "train_log.csv")]
+    assert len(losses) == 4 * epoch
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])  # it learns
+    val = read_log(run_dir / "val_log.csv")
+    assert [r["iteration"] for r in val] == [2 * epoch, 4 * epoch]
+    # the LR baseline is scored against the true HR as well, and it is the same at every validation
+    assert val[0]["val_lr_psnr"] == pytest.approx(val[1]["val_lr_psnr"]) and val[0]["val_lr_psnr"] > 20
+
+    model = load_sr_model(run_dir / "model")
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    assert config["task"]["name"] == "sr4" and config["denoiser"]["preset"] == "tiny"
+    assert config["objective"]["prediction"] == "x0" and config["objective"]["schedule"]["kind"] == "cosine"
+    assert config["autoencoder"]["spec"].startswith("monai:/") and config["grid"]["size"] == [64, 64]
+    assert "ema" in config["training"]["weights"]
+    lr = torch.from_numpy(np.array(PreparedDataset(workspace["dataset"]).lr[:2]))[:, None]
+    sr = model.super_resolve(lr, settings=SamplingSettings(steps=3)).mean
+    assert sr.shape == lr.shape and 0 <= float(sr.min()) and float(sr.max()) <= 1
+    # the latent cache was built once, beside the dataset
+    assert len(list((workspace["dataset"] / "latents").iterdir())) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_resume_after_a_stop_gives_the_same_model(workspace, tmp_path):
+    epoch = workspace["epoch"]
+    common = {"val_interval": 100 * epoch, "checkpoint_interval": epoch}
+    run_training(workspace, tmp_path / "straight", max_iterations=2 * epoch, **common)
+    run_training(workspace, tmp_path / "stopped", max_iterations=epoch, **common)
+    stopped = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", weights_only=True)
+    assert stopped["trainer"]["iteration"] == epoch
+    run_training(workspace, tmp_path / "stopped", max_iterations=2 * epoch, **common)  # resumes
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", weights_only=True)
+    assert b["trainer"]["iteration"] == 2 * epoch
+    for key in ("network", "ema"):
+        for name, tensor in a[key].items():
+            torch.testing.assert_close(b[key][name], tensor, rtol=0, atol=0, msg=f"{key}.{name} differs")
+    losses_a = [r["loss"] for r in read_log(tmp_path / "straight" / "train_log.csv")]
+    losses_b = [r["loss"] for r in read_log(tmp_path / "stopped" / "train_log.csv")]
+    assert losses_a == losses_b
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_ddp_with_two_cpu_processes(workspace, tmp_path):
+    epoch = workspace["epoch"]
+    run_dir = tmp_path / "ddp"
+    iterations = max(2, epoch // 2)  # each process sees half of every epoch
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run", "training",
+        "--meta_file", str(CONFIGS / "metadata.json"),
+        "--config_file", f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'multi_gpu_train.yaml'}']",
+        "--logging_file", str(CONFIGS / "logging.conf"),
+        "--dataset_dir", str(workspace["dataset"]), "--vae", workspace["vae"], "--output_dir", str(run_dir),
+        "--max_iterations", str(2 * iterations), "--val_interval", str(iterations),
+        "--checkpoint_interval", str(iterations),
+        *[item for key, value in TINY.items() for item in (f"--{key}", str(value))],
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT / 'Testing'}"}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = read_log(run_dir / "train_log.csv")  # written by rank 0 only: one row per iteration
+    assert [r["iteration"] for r in train] == list(range(1, 2 * iterations + 1))
+    assert [r["iteration"] for r in read_log(run_dir / "val_log.csv")] == [iterations, 2 * iterations]
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state["network"])  # saved unwrapped
+    assert load_sr_model(run_dir / "model").denoiser is not None
