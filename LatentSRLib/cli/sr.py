@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-_EXTENSIONS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "metaimage": ".mha", "dicom": ""}
+_FORMATS = ("nifti", "nrrd", "metaimage", "dicom")  # LatentSRLib.inference.files.OUTPUT_EXTENSIONS (kept light)
 
 
 def register(subparsers) -> None:
@@ -41,54 +41,32 @@ def register(subparsers) -> None:
     parser.add_argument("--progress", choices=("bar", "lines"), default="bar",
                         help="bar: a progress bar on stderr; lines: 'PROGRESS <fraction> <message>' lines on "
                         "stdout, for a caller running this command in the background (the Slicer module)")
-    parser.add_argument("--format", choices=tuple(_EXTENSIONS), default="nifti",
+    parser.add_argument("--format", choices=_FORMATS, default="nifti",
                         help="output format (default nifti; dicom writes derived series of the input's study)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from tqdm.auto import tqdm
 
-    from LatentSRLib.errors import InputError, OutputError
-    from LatentSRLib.inference import SRSettings, super_resolve_volume
+    from LatentSRLib.errors import InputError
+    from LatentSRLib.inference import SRSettings
     from LatentSRLib.inference.background import progress_line
-    from LatentSRLib.io import read_image, refuse_overwriting_inputs, write_image
-    from LatentSRLib.io.atomic import atomic_path
-    from LatentSRLib.model.folder import load_sr_model
+    from LatentSRLib.inference.files import super_resolve_file
 
-    outdir = Path(args.output)
-    inputs = [p for p in (args.input, args.reference, args.mask) if p]
-    refuse_overwriting_inputs(outdir, inputs)
-    if outdir.exists() and (not outdir.is_dir() or (any(outdir.iterdir()) and not (outdir / "metrics.json").exists())):
-        raise OutputError("exists and is not a previous `latentsr sr` output folder; choose a new folder", outdir)
-    if args.simulate_scale is not None and args.reference:
-        raise InputError("--simulate-scale uses INPUT as the reference; do not also give --reference")
     try:
         settings = SRSettings(steps=args.steps, sampler=args.sampler, samples=args.samples, seed=args.seed,
                               batch_size=args.batch_size, data_consistency=args.data_consistency)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    model = load_sr_model(args.model)
-    if args.simulate_scale is not None and args.simulate_scale != model.task.scale:
-        raise InputError(f"the model was trained for {model.task.name} (factor {model.task.scale}), "
-                         f"not --simulate-scale {args.simulate_scale}", args.model)
-    image = read_image(args.input)
-    reference = read_image(args.reference) if args.reference else None
-    mask = read_image(args.mask) if args.mask else None
 
-    def run_engine(progress):
-        return super_resolve_volume(model, image, plane=args.axis, settings=settings, reference=reference,
-                                    mask=mask, simulate=args.simulate_scale is not None, device=args.device,
-                                    progress=progress)
+    def run_file(progress):
+        return super_resolve_file(args.input, args.output, args.model, plane=args.axis, settings=settings,
+                                  reference=args.reference, mask=args.mask, simulate_scale=args.simulate_scale,
+                                  device=args.device, output_format=args.format, progress=progress)
 
     if args.progress == "lines":
-        def report(fraction: float, message: str) -> None:
-            print(progress_line(fraction, message), flush=True)
-
-        result = run_engine(report)
+        metrics = run_file(lambda fraction, message: print(progress_line(fraction, message), flush=True))
     else:
         with tqdm(total=100, desc="super-resolving", unit="%",
                   bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]") as bar:
@@ -97,24 +75,11 @@ def run(args: argparse.Namespace) -> int:
                 bar.set_postfix_str(message)
                 bar.refresh()
 
-            result = run_engine(advance)
-    outdir.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, output in result.outputs().items():
-        path = outdir / f"{name}{_EXTENSIONS[args.format]}"
-        written[name] = str(write_image(output, path, format=args.format, inputs=inputs,
-                                        series_description=f"LatentSR {name}"))
-    if result.metrics.get("simulated"):
-        path = outdir / f"lr{_EXTENSIONS[args.format]}"
-        written["lr"] = str(write_image(result.lr, path, format=args.format, inputs=inputs,
-                                        series_description="LatentSR simulated low resolution"))
-    metrics = {**result.metrics, "input": str(Path(args.input).resolve()), "outputs": written}
-    with atomic_path(outdir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    review = result.metrics.get("reference")
-    line = f"{result.metrics['slices']} slices in {result.metrics['seconds']:.1f} s on {result.metrics['device']}"
+            metrics = run_file(advance)
+    review = metrics.get("reference")
+    line = f"{metrics['slices']} slices in {metrics['seconds']:.1f} s on {metrics['device']}"
     if review:
         line += f"; PSNR SR {review['psnr_sr']} dB vs LR {review['psnr_lr']} dB (AE ceiling {review['psnr_ae_ceiling']} dB)"
     print(line)
-    print(f"wrote {outdir}")
+    print(f"wrote {args.output}")
     return 0

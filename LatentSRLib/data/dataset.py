@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from LatentSRLib import __version__
-from LatentSRLib.errors import InputError, OutputError
-from LatentSRLib.io.atomic import atomic_directory, refuse_overwriting_inputs
+from LatentSRLib.errors import InputError
+from LatentSRLib.io.atomic import atomic_directory, check_output_folder
 from LatentSRLib.data.slice_source import SliceSelection, evenly_spaced, expand_inputs, model_slices
 from LatentSRLib.transforms.tasks import Task
 
@@ -169,11 +169,8 @@ def prepare_dataset(
 
     outdir = Path(outdir)
     sources = expand_inputs(inputs)
-    refuse_overwriting_inputs(outdir, sources)
-    if outdir.exists() and not outdir.is_dir():
-        raise OutputError("a file is in the way of this output folder", outdir)
-    if outdir.exists() and any(outdir.iterdir()) and not (outdir / "dataset.json").is_file():
-        raise OutputError("folder exists and is not a LatentSR dataset; choose a new folder", outdir)
+    check_output_folder(outdir, sources, is_ours=lambda folder: (folder / "dataset.json").is_file(),
+                        what="LatentSR dataset")
     pattern = re.compile(subject_pattern) if subject_pattern else None
     planes = tuple(planes or (selection.plane,))
     started = time.perf_counter()

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from LatentSRLib.errors import InputError
-from LatentSRLib.io import MedicalImage, index_axis_of_array_axis, read_image, refuse_overwriting_inputs, write_image
-from LatentSRLib.io.atomic import atomic_directory
+from LatentSRLib.io import MedicalImage, index_axis_of_array_axis, read_image, write_image
+from LatentSRLib.io.atomic import atomic_directory, check_output_folder
+from LatentSRLib.metrics.plotting import new_figure, save_png
 
 __all__ = ["DEMO_CASES", "DemoCase", "DemoResult", "default_demo_model", "default_demo_scan", "is_demo_folder",
            "run_demo", "run_demos"]
@@ -187,10 +188,6 @@ def _table_markdown(rows: list[dict[str, Any]]) -> str:
 
 def _montage(path: Path, slices: dict[str, np.ndarray], scale: int, title: str) -> None:
     """LR | bicubic | SR | HR on top, |SR - HR|, uncertainty, hallucination below; one slice."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
     hr = slices["hr"]
@@ -201,7 +198,8 @@ def _montage(path: Path, slices: dict[str, np.ndarray], scale: int, title: str) 
     error = np.abs(slices["sr"] - hr)
     top = [(lr_pixels, f"LR input ({h // scale}x{w // scale} pixels)"), (slices["lr"], "bicubic"),
            (slices["sr"], "LatentSR"), (hr, "true high resolution")]
-    figure, axes = plt.subplots(2, 4, figsize=(13, 7), constrained_layout=True)
+    figure = new_figure(13, 7)
+    axes = figure.subplots(2, 4)
     for axis, (image, label) in zip(axes[0], top):
         axis.imshow(image, cmap="gray", vmin=0, vmax=1)
         axis.set_title(label)
@@ -222,8 +220,7 @@ def _montage(path: Path, slices: dict[str, np.ndarray], scale: int, title: str) 
         axis.set_xticks([])
         axis.set_yticks([])
     figure.suptitle(title)
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
+    save_png(figure, path, dpi=90)
 
 
 def _central_box(shape: tuple[int, int], size: int) -> tuple[slice, slice]:
@@ -259,7 +256,6 @@ def run_demo(outdir: str | os.PathLike, *, model: str | os.PathLike | None = Non
     ``data_consistency`` projects the SR onto the measured input (:func:`~LatentSRLib.inference.engine.data_consistent`;
     None: the case's default).
     """
-    from LatentSRLib.errors import OutputError
     from LatentSRLib.inference import SRSettings, super_resolve_volume
     from LatentSRLib.model.folder import load_sr_model
     from LatentSRLib.transforms.slicing import SliceLayout
@@ -267,14 +263,12 @@ def run_demo(outdir: str | os.PathLike, *, model: str | os.PathLike | None = Non
     if case not in DEMO_CASES:
         raise InputError(f"unknown demo case {case!r}; choose from {', '.join(DEMO_CASES)}")
     outdir = Path(outdir)
-    if outdir.exists() and (not outdir.is_dir() or (any(outdir.iterdir()) and not is_demo_folder(outdir))):
-        raise OutputError("exists and is not a previous demo folder; choose a new folder", outdir)
     model_folder = Path(model) if model else default_demo_model(case)
     if not (model_folder / "config.json").is_file():
         raise InputError("no reference model here (it lives in Training/models of the source tree; "
                          "set LATENTSR_MODELS or pass --model FOLDER)", model_folder)
     scan_path = Path(scan) if scan else default_demo_scan(case)
-    refuse_overwriting_inputs(outdir, [scan_path, model_folder])
+    check_output_folder(outdir, [scan_path, model_folder], is_ours=is_demo_folder, what="demo folder")
     sr_model = load_sr_model(model_folder)
     image = read_image(scan_path)
     if data_consistency is None:
@@ -339,16 +333,14 @@ def run_demos(outdir: str | os.PathLike, cases: Sequence[str] = tuple(DEMO_CASES
     """Every case of ``cases``, each in ``outdir/<case folder>`` (:func:`run_demo`, ``options`` passed
     on; ``progress_for(case)`` gives each its progress callback), and ``outdir/metrics.md`` with all
     their tables."""
-    from LatentSRLib.errors import OutputError
     from LatentSRLib.io.atomic import atomic_path
 
     for case in cases:
         if case not in DEMO_CASES:
             raise InputError(f"unknown demo case {case!r}; choose from {', '.join(DEMO_CASES)}")
     outdir = Path(outdir)
-    if outdir.exists() and (not outdir.is_dir() or (any(outdir.iterdir()) and not is_demo_folder(outdir))):
-        raise OutputError("exists and is not a previous demo folder; choose a new folder", outdir)
-    refuse_overwriting_inputs(outdir, [Path(options[k]) for k in ("scan", "model") if options.get(k)])
+    check_output_folder(outdir, [Path(options[k]) for k in ("scan", "model") if options.get(k)],
+                        is_ours=is_demo_folder, what="demo folder")
     if (outdir / "montage.png").is_file():  # one case's demo folder (an older layout): replaced as a whole
         import shutil
 

@@ -57,8 +57,8 @@ import numpy as np
 import torch
 
 from LatentSRLib import __version__
-from LatentSRLib.errors import InputError, OutputError
-from LatentSRLib.io.atomic import atomic_directory, refuse_overwriting_inputs
+from LatentSRLib.errors import InputError
+from LatentSRLib.io.atomic import atomic_directory, check_output_folder
 from LatentSRLib.data.slice_source import evenly_spaced
 from LatentSRLib.metrics.fid import FID_MIN_SAMPLES, FIDSampleSizeWarning
 from LatentSRLib.evaluation.figures import save_examples, save_run_figures, write_spectra
@@ -104,21 +104,7 @@ def is_evaluation_folder(folder: str | os.PathLike) -> bool:
 
 def _check_outdir(outdir: Path, inputs: Sequence[Path]) -> None:
     """Refuse a run folder that would write over or into an input, or over someone else's files."""
-    refuse_overwriting_inputs(outdir, inputs)
-    target = outdir.resolve()
-    for source in inputs:
-        if source.is_dir():
-            try:
-                target.relative_to(source.resolve())
-            except ValueError:
-                continue
-            raise OutputError(f"the run folder must not be inside an input folder ({source})", outdir)
-    if outdir.exists():
-        if not outdir.is_dir():
-            raise OutputError("a file is in the way of this run folder", outdir)
-        if any(outdir.iterdir()) and not is_evaluation_folder(outdir):
-            raise OutputError("this folder holds other files and is not a previous evaluation; choose a new or "
-                              "empty folder (a previous evaluation folder is replaced as a whole)", outdir)
+    check_output_folder(outdir, inputs, is_ours=is_evaluation_folder, what="evaluation folder")
 
 
 def _check_arguments(methods, split, limit, samples, batch_size, k, n_resamples, aggregate) -> list[str]:

@@ -9,8 +9,13 @@ optionally Holm-adjusted p-values within each (dataset, metric) family; n always
 Haar subband differences, the Bland-Altman agreement of the mean intensity with the true image and
 the AE ceiling -> SR quality regression (one point per SR model x dataset). Non-finite values (inf
 PSNR of an exactly reproduced image) are left out and counted, never imputed. With
-``aggregate="subject"`` every number is first averaged over a subject's slices (finite values
-only), so n counts subjects (patients).
+``aggregate="subject"`` every number is first averaged over a subject's slices, so n counts
+subjects (patients): one method's summary over its own finite slices; two methods that are compared
+(Table 2, the subband differences) over the SAME slices, those finite for both
+(:func:`.rows.paired_values_by_unit`), so a slice non-finite for one method leaves that slice out
+of both sides. ``n_slices_dropped`` counts the slices (images) left out: in a comparison those
+non-finite on either side, in a method's summary its own non-finite ones; ``n_dropped`` still
+counts the units (images or subjects) left out.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ import numpy as np
 
 from LatentSRLib.metrics.agreement import bland_altman
 from LatentSRLib.metrics.regression import ceiling_regression
-from LatentSRLib.evaluation.rows import (AGGREGATES, SUBBAND_COLUMNS, TEXT_COLUMNS, check_paired, lpips_column, ordered, row_columns,
-                   values_by_unit)
+from LatentSRLib.evaluation.rows import (AGGREGATES, SUBBAND_COLUMNS, TEXT_COLUMNS, check_paired, lpips_column, ordered,
+                                        paired_values_by_unit, row_columns, values_by_unit)
 from LatentSRLib.metrics.statistics import EFFECT_SIZE_LABELS, holm_correction, pair_by_id, paired_comparison, summarise
 
 __all__ = ["COMPARED", "CONFIDENCE", "statistics_from_rows"]
@@ -34,11 +39,17 @@ COMPARED = ("psnr", "ssim", "ms_ssim")
 CONFIDENCE = 0.95
 
 
-def _summary(values: dict[Hashable, float], n_resamples: int, seed: int) -> dict | None:
+def _summary(values: dict[Hashable, float], n_resamples: int, seed: int, n_slices_dropped: int) -> dict | None:
     array = np.array(list(values.values()), dtype=np.float64)
     if not np.isfinite(array).any():
         return None
-    return summarise(array, n_resamples=n_resamples, seed=seed, nonfinite="drop")
+    return {**summarise(array, n_resamples=n_resamples, seed=seed, nonfinite="drop"),
+            "n_slices_dropped": int(n_slices_dropped)}
+
+
+def _nonfinite_count(rows: Sequence[dict], column: str) -> int:
+    """How many of one method's images have no finite value in ``column``."""
+    return sum(1 for r in rows if not math.isfinite(float(r.get(column, math.nan))))
 
 
 def _reference(methods: list[str], kinds: dict[str, str], wanted: str | None) -> str:
@@ -110,7 +121,8 @@ def statistics_from_rows(
         out["reference"][dataset] = ref
         values = {m: {c: values_by_unit(by_method[m], c, aggregate) for c in numeric} for m in methods}
         out["per_method"][dataset] = {
-            m: {"n": len(values[m]["psnr"]), **{c: _summary(values[m][c], n_resamples, seed) for c in numeric}}
+            m: {"n": len(values[m]["psnr"]),
+                **{c: _summary(values[m][c], n_resamples, seed, _nonfinite_count(by_method[m], c)) for c in numeric}}
             for m in methods
         }
         # paired comparisons: reference - method
@@ -121,8 +133,11 @@ def statistics_from_rows(
                 if m == ref:
                     continue
                 entry = {"dataset": dataset, "metric": metric, "reference": ref, "method": m}
-                _, x, y = pair_by_id(values[ref][metric], values[m][metric])
+                # per subject: the slices finite for BOTH methods, the same slices on both sides
+                a, b, slices_dropped = paired_values_by_unit(by_method[ref], by_method[m], metric, aggregate)
+                _, x, y = pair_by_id(a, b)
                 keep = np.isfinite(x) & np.isfinite(y)
+                entry["n_slices_dropped"] = slices_dropped
                 if keep.sum() < 2:
                     entry.update(skipped=f"fewer than 2 paired finite {out['unit']} ({int(keep.sum())})",
                                  n=int(keep.sum()))
@@ -144,7 +159,8 @@ def statistics_from_rows(
                 continue
             bands = {}
             for column in SUBBAND_COLUMNS:
-                _, x, y = pair_by_id(values[ref][column], values[m][column])
+                a, b, _ = paired_values_by_unit(by_method[ref], by_method[m], column, aggregate)
+                _, x, y = pair_by_id(a, b)
                 keep = np.isfinite(x) & np.isfinite(y)
                 bands[column] = float(np.mean(x[keep] - y[keep])) if keep.any() else math.nan
             out["subband_differences"][dataset][m] = bands

@@ -16,7 +16,9 @@ number that does not apply or is undefined:
 
 Rows are paired by image id (design rule 2): :func:`check_paired` refuses rows in which the
 methods of a dataset were not scored on the same images. Rows of several evaluations (other
-datasets) may be concatenated.
+datasets) may be concatenated. Per subject, one method alone is averaged over its finite slices
+(:func:`values_by_unit`); two methods that are compared are averaged over the SAME slices, those
+finite for both (:func:`paired_values_by_unit`), and the slices left out are counted.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ __all__ = [
     "check_paired",
     "lpips_column",
     "ordered",
+    "paired_values_by_unit",
     "read_rows",
     "row_columns",
     "values_by_unit",
@@ -158,3 +161,61 @@ def values_by_unit(rows: Sequence[dict], column: str, aggregate: str) -> dict[Ha
         finite = [v for v in values if math.isfinite(v)]
         out[subject] = float(np.mean(finite)) if finite else math.nan
     return out
+
+
+def paired_values_by_unit(
+    rows_a: Sequence[dict],
+    rows_b: Sequence[dict],
+    column: str,
+    aggregate: str,
+    *,
+    column_b: str | None = None,
+) -> tuple[dict[Hashable, float], dict[Hashable, float], int]:
+    """Two methods' ``column`` per statistical unit, on the same images for both (design rule 2).
+
+    ``aggregate="image"``: ``{image id: value}`` of each side as it is (the paired statistics then
+    leave out, and count, the non-finite pairs). ``aggregate="subject"``: each subject's mean over
+    the slices whose value is finite on BOTH sides, the same slices for ``a`` and ``b``; a subject
+    without such a slice is NaN on both sides (left out and counted as a unit by the statistics).
+
+    Args:
+        rows_a, rows_b: the rows of method A and method B (the same image ids, see :func:`check_paired`).
+        column: the column compared; ``column_b`` (default ``column``) is B's column, e.g. to pair a
+            method's ``mean_intensity`` with the same rows' ``hr_mean_intensity``.
+        aggregate: ``"image"`` or ``"subject"``.
+
+    Returns:
+        ``(a, b, n_slices_dropped)``: the two ``{unit: value}`` dicts (same keys) and the number of
+        images (slices) whose value is not finite on at least one side, i.e. left out.
+
+    Raises:
+        ValueError: different image ids, or an image id with two different subjects.
+    """
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    column_b = column if column_b is None else column_b
+    by_id_a = {r["id"]: r for r in rows_a}
+    by_id_b = {r["id"]: r for r in rows_b}
+    pair_by_id(dict.fromkeys(by_id_a, 0.0), dict.fromkeys(by_id_b, 0.0))  # refuses different ids
+    dropped = 0
+    if aggregate == "image":
+        a = {i: float(r.get(column, math.nan)) for i, r in by_id_a.items()}
+        b = {i: float(by_id_b[i].get(column_b, math.nan)) for i in by_id_a}
+        dropped = sum(1 for i in a if not (math.isfinite(a[i]) and math.isfinite(b[i])))
+        return a, b, dropped
+    groups: dict[Hashable, tuple[list[float], list[float]]] = {}
+    for image_id, row_a in by_id_a.items():
+        row_b = by_id_b[image_id]
+        if row_a["subject"] != row_b["subject"]:
+            raise ValueError(f"image {image_id!r} belongs to subject {row_a['subject']!r} in one method's rows and "
+                             f"to {row_b['subject']!r} in the other's")
+        xs, ys = groups.setdefault(row_a["subject"], ([], []))
+        x, y = float(row_a.get(column, math.nan)), float(row_b.get(column_b, math.nan))
+        if math.isfinite(x) and math.isfinite(y):
+            xs.append(x)
+            ys.append(y)
+        else:
+            dropped += 1
+    a = {s: float(np.mean(xs)) if xs else math.nan for s, (xs, _) in groups.items()}
+    b = {s: float(np.mean(ys)) if ys else math.nan for s, (_, ys) in groups.items()}
+    return a, b, dropped

@@ -25,8 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from LatentSRLib.errors import InputError, OutputError
-from LatentSRLib.io import atomic_directory, refuse_overwriting_inputs
+from LatentSRLib.errors import InputError
+from LatentSRLib.io import atomic_directory, check_output_folder
+from LatentSRLib.metrics.plotting import new_figure, save_png
+from LatentSRLib.model.devices import resolve_device
 from LatentSRLib.data.slice_source import ModelSlice, SliceSelection, evenly_spaced, gather_slices
 
 __all__ = ["ScreenResult", "screen_autoencoders"]
@@ -44,20 +46,9 @@ class ScreenResult:
     summary: dict = field(repr=False)
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
 def _check_outdir(outdir: Path, inputs: Sequence[str | os.PathLike]) -> None:
-    refuse_overwriting_inputs(outdir, inputs)
-    if outdir.exists() and any(outdir.iterdir()) and not (outdir / SUMMARY_FILE).exists():
-        raise OutputError("this folder holds other files; give a new or previous screening folder", outdir)
+    check_output_folder(outdir, inputs, is_ours=lambda folder: (folder / SUMMARY_FILE).is_file(),
+                        what="screening folder")
 
 
 def screen_autoencoders(
@@ -101,7 +92,7 @@ def screen_autoencoders(
     if not slices:
         raise InputError("no slice passed the background rule; check the inputs or lower --min-foreground")
     target = torch.from_numpy(np.stack([s.image for s in slices]))[:, None]  # (N, 1, H, W) in [0, 1]
-    torch_device = _resolve_device(device)
+    torch_device = resolve_device(device)
     perceptual = LPIPSMetric(device=torch_device) if lpips else None
     if perceptual is not None and not perceptual.available:
         log(f"LPIPS skipped: {perceptual.reason}")
@@ -246,13 +237,9 @@ def _markdown(summary: dict) -> str:
 
 # ------------------------------------------------------------------------------------- figures
 def _plot_fingerprint(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     bands = summary["subbands"]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig = new_figure(8, 4)
+    ax = fig.subplots()
     for spec, entry in summary["autoencoders"].items():
         means = [entry["metrics"][f"psnr_{b}"]["mean"] if entry["metrics"][f"psnr_{b}"] else np.nan for b in bands]
         ax.plot(range(len(bands)), means, marker="o", label=spec)
@@ -262,19 +249,13 @@ def _plot_fingerprint(summary: dict, path: Path) -> None:
     ax.set_title(f"Subband fingerprint of the AE reconstruction (n = {summary['n_images']})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
 
 
 def _plot_examples(hr: np.ndarray, recons: dict[str, np.ndarray], ids: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     columns = 1 + 2 * len(recons)
-    fig, axes = plt.subplots(len(hr), columns, figsize=(2.2 * columns, 2.3 * len(hr)), squeeze=False)
+    fig = new_figure(2.2 * columns, 2.3 * len(hr))
+    axes = fig.subplots(len(hr), columns, squeeze=False)
     for row in range(len(hr)):
         axes[row, 0].imshow(hr[row], cmap="gray", vmin=0, vmax=1)
         axes[row, 0].set_title(f"true\n{ids[row]}", fontsize=7)
@@ -285,6 +266,4 @@ def _plot_examples(hr: np.ndarray, recons: dict[str, np.ndarray], ids: list[str]
             axes[row, 2 + 2 * k].set_title("|error| (0-0.2)", fontsize=7)
     for ax in axes.ravel():
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path, dpi=110)

@@ -10,12 +10,12 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from LatentSRLib.errors import OutputError
 
-__all__ = ["atomic_path", "atomic_directory", "refuse_overwriting_inputs"]
+__all__ = ["atomic_directory", "atomic_path", "check_output_folder", "refuse_overwriting_inputs"]
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -38,6 +38,39 @@ def refuse_overwriting_inputs(output: str | os.PathLike, inputs: Iterable[str | 
             with contextlib.suppress(ValueError, OSError):
                 src.resolve().relative_to(out.resolve())
                 raise OutputError(f"refusing to replace a folder that holds the input {src}", out)
+
+
+def check_output_folder(outdir: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (), *,
+                        is_ours: Callable[[Path], bool], what: str) -> Path:
+    """The one check of an output folder a command replaces as a whole (with :func:`atomic_directory`).
+
+    Call it before any heavy work, so a wrong folder is refused at once. Refused: a folder that is,
+    holds or lies inside one of ``inputs``; a file in the way; a non-empty folder that ``is_ours``
+    does not recognise as a previous output of the same command (its files would be lost).
+
+    Args:
+        outdir: the output folder.
+        inputs: files and folders the command reads.
+        is_ours: whether an existing folder is a previous output of this command.
+        what: what the command writes, for the message (e.g. "`latentsr sr` output").
+
+    Raises:
+        OutputError: naming the folder and the problem.
+    """
+    out = Path(outdir)
+    sources = [Path(s) for s in inputs if s is not None]
+    refuse_overwriting_inputs(out, sources)
+    for source in sources:
+        with contextlib.suppress(ValueError, OSError):
+            if source.is_dir():
+                out.resolve().relative_to(source.resolve())
+                raise OutputError(f"the output folder must not be inside the input folder {source}", out)
+    if out.exists() and not out.is_dir():
+        raise OutputError("a file is in the way of this output folder", out)
+    if out.is_dir() and any(out.iterdir()) and not is_ours(out):
+        raise OutputError(f"this folder holds other files and is not a previous {what}; choose a new or empty "
+                          f"folder (a previous {what} is replaced as a whole)", out)
+    return out
 
 
 def _ensure_parent(target: Path) -> Path:

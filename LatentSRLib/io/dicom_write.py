@@ -29,7 +29,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DS
 
 from LatentSRLib.errors import OutputError
-from LatentSRLib.io.atomic import atomic_directory, refuse_overwriting_inputs
+from LatentSRLib.io.atomic import atomic_directory, check_output_folder
 from LatentSRLib.io.dicom_read import is_dicom_file
 from LatentSRLib.io.image import MedicalImage
 
@@ -134,23 +134,18 @@ def write_dicom_series(
 def _refuse_unsafe_target(
     target: Path, image: MedicalImage, headers: Sequence[Dataset], inputs: Iterable[str | os.PathLike | None]
 ) -> None:
-    """Refuse a folder that is, or holds, a source file, or that holds anything but DICOM files.
+    """Refuse a folder that is, holds or lies in a source, or that holds anything but DICOM files.
 
     The output folder is replaced as a whole, so a folder with unrelated files (a home folder
     given by mistake) would lose them: only an absent, empty or DICOM-only folder is accepted.
     """
     sources = [image.path, *inputs, *(getattr(ds, "filename", None) for ds in headers)]
-    refuse_overwriting_inputs(target, [s for s in sources if isinstance(s, (str, os.PathLike))])
-    if target.is_dir():
-        for entry in target.iterdir():
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir() or not is_dicom_file(entry):
-                raise OutputError(
-                    f"the output folder already holds {entry.name!r}, which is not a DICOM file; it would be "
-                    "replaced as a whole, so choose a new or empty folder",
-                    target,
-                )
+    check_output_folder(target, [s for s in sources if isinstance(s, (str, os.PathLike))],
+                        is_ours=_holds_only_dicom, what="DICOM series folder")
+
+
+def _holds_only_dicom(folder: Path) -> bool:
+    return all(entry.name.startswith(".") or (entry.is_file() and is_dicom_file(entry)) for entry in folder.iterdir())
 
 
 # ==================================================================================== pixels

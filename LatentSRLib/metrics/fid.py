@@ -41,7 +41,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -218,7 +218,7 @@ class FIDMetric:
     Args:
         backend: ``"auto"`` (torchmetrics' Inception FID, else the offline ST-LPIPS AlexNet
             stand-in), ``"torchmetrics"`` or ``"stlpips"`` to insist on one.
-        device: where the feature network runs (default: CUDA when available, else CPU).
+        device: where the feature network runs (default: the CPU; callers pass the resolved device).
         allow_download: let torch-fidelity try to download its Inception weights when not cached.
         batch_size: images per forward pass.
         download_timeout: seconds a download attempt may wait on the network.

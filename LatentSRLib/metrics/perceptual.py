@@ -87,7 +87,9 @@ def check_backend_arguments(backend: str, backends: tuple[str, ...], batch_size:
 
 
 def default_device(device: str | torch.device | None) -> torch.device:
-    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    """The device a metric network runs on: the one given, else the CPU. Choosing the best device is
+    the caller's (the one resolver, :func:`LatentSRLib.model.devices.resolve_device`)."""
+    return torch.device(device if device is not None else "cpu")
 
 
 def first_available_backend(
@@ -194,7 +196,7 @@ class LPIPSMetric:
     Args:
         backend: ``"auto"`` (torchmetrics' AlexNet LPIPS, else the offline ST-LPIPS),
             ``"torchmetrics"`` or ``"stlpips"`` to insist on one.
-        device: where the network runs (default: CUDA when available, else CPU).
+        device: where the network runs (default: the CPU; callers pass the resolved device).
         allow_download: let torchvision try to download the AlexNet weights when not cached.
         batch_size: images per forward pass.
 

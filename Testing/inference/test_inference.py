@@ -107,7 +107,7 @@ def test_tile_model_keeps_native_pixels_and_blends_tiles(tile_model_folder, monk
     assert np.corrcoef(result.sr.array.ravel().astype(float), image.array.ravel())[0, 1] > 0.8
 
 
-def test_tile_noise_is_per_tile_so_batching_does_not_matter(tile_model_folder):
+def test_tile_noise_is_per_tile_so_batching_does_not_matter(tile_model_folder, monkeypatch):
     model = load_sr_model(tile_model_folder)
     image = radiograph_like()
     one = super_resolve_volume(model, image, settings=SRSettings(batch_size=1, seed=5, samples=2), device="cpu")
@@ -126,9 +126,27 @@ def test_tile_noise_is_per_tile_so_batching_does_not_matter(tile_model_folder):
                              cancelled=lambda: calls.append(1) or len(calls) > 2)
     other = super_resolve_volume(model, image, settings=SRSettings(batch_size=1, seed=6), device="cpu")
     assert np.abs(one.sr.array.astype(float) - other.sr.array).max() > 10
-    # with a reference: the review maps (autoencoder round trip of the whole slice) come out on the input grid
+    # with a reference: the review maps (autoencoder round trip of the whole slice) come out on the input grid;
+    # keep what the round trip returned to recompute the ceiling's PSNR with numpy
+    from LatentSRLib.inference import review as review_module
+
+    round_trips = []
+    real_round_trip = review_module._autoencoder_round_trip
+    monkeypatch.setattr(review_module, "_autoencoder_round_trip",
+                        lambda *args, **kwargs: round_trips.append(real_round_trip(*args, **kwargs)) or round_trips[-1])
     reviewed = super_resolve_volume(model, image, simulate=True, device="cpu")
-    assert reviewed.hallucination.shape == image.shape and reviewed.metrics["reference"]["psnr_ae_ceiling"] is not None
+    assert reviewed.hallucination.shape == image.shape and len(round_trips) == 1
+    # PSNR in the run's [0, 1] window with peak 1; the reference is the input itself (simulated LR)
+    lower, upper = reviewed.metrics["window"]["lower"], reviewed.metrics["window"]["upper"]
+    hr = np.clip((image.array.astype(np.float64) - lower) / (upper - lower), 0, 1).astype(np.float32)
+    ae = round_trips[0].astype(np.float64).reshape(hr.shape)  # one 2D slice
+    assert 0 <= ae.min() and ae.max() <= 1 and np.abs(ae - hr).max() > 0.01  # a lossy round trip, in the window
+    expected_ceiling = 10 * np.log10(1.0 / np.mean((ae - hr.astype(np.float64)) ** 2))
+    review = reviewed.metrics["reference"]
+    assert review["psnr_ae_ceiling"] == pytest.approx(expected_ceiling, abs=1e-6)
+    # and the SR's PSNR from the difference map the review returned (SR - HR in intensity units)
+    difference = reviewed.difference.array.astype(np.float64) / (upper - lower)
+    assert review["psnr_sr"] == pytest.approx(10 * np.log10(1.0 / np.mean(difference ** 2)), abs=1e-4)
 
 
 def test_consistency_is_zero_when_sr_is_the_truth(brats_flair):
@@ -205,7 +223,24 @@ def test_sr_command_on_brain_with_mask(model_folder, tmp_path, brats_flair, brat
                      "sr.nii.gz", "uncertainty.nii.gz"]
     metrics = json.loads((out / "metrics.json").read_text())
     review = metrics["reference"]
-    assert review["psnr_lr"] > 20 and review["psnr_sr"] is not None
+    # whole-volume PSNRs recomputed with numpy from the written volumes, in the run's [0, 1] window (peak 1);
+    # the reference is the crop itself (simulated LR)
+    lower, upper = metrics["window"]["lower"], metrics["window"]["upper"]
+
+    def windowed(array):
+        return np.clip((array.astype(np.float64) - lower) / (upper - lower), 0, 1).astype(np.float32).astype(np.float64)
+
+    def psnr(mse):
+        return 10 * np.log10(1.0 / mse)
+
+    hr = windowed(small.array)
+    lr_psnr = psnr(np.mean((windowed(read_image(out / "lr.nii.gz").array) - hr) ** 2))
+    assert review["psnr_lr"] == pytest.approx(lr_psnr, abs=1e-4) and review["psnr_lr"] > 20
+    difference = read_image(out / "difference.nii.gz").array.astype(np.float64) / (upper - lower)
+    assert review["psnr_sr"] == pytest.approx(psnr(np.mean(difference ** 2)), abs=1e-4)
+    # the SR volume as written (rounded to the input's dtype) gives the same PSNR up to that rounding
+    assert review["psnr_sr"] == pytest.approx(psnr(np.mean((windowed(read_image(out / "sr.nii.gz").array) - hr) ** 2)),
+                                              abs=0.05)
     assert review["per_slice"] and {"psnr_sr", "psnr_lr", "ssim_sr", "ssim_lr"} <= set(review["per_slice"][0])
     assert set(review["regions"]) == {"inside", "background"}
     assert review["regions"]["inside"]["pixels"] > 0
@@ -309,7 +344,7 @@ def test_packaged_model_is_movable_and_half_precision_is_faithful(model_folder, 
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("x")
     assert main(["package", str(model_folder), "-o", str(tmp_path / "busy")]) == 2
-    assert "refusing" in capsys.readouterr().err
+    assert "not a previous model folder" in capsys.readouterr().err
 
 
 def test_models_shipped_together_can_share_one_autoencoder(model_folder, tmp_path, capsys):
