@@ -161,3 +161,56 @@ def test_prepare_command(tmp_path, brats_flair, capsys):
     assert PreparedDataset(out).task == Task("refine", 2)
     assert main(["prepare", str(brats_flair), "-o", str(tmp_path / "z"), "--task", "sr0x"]) == 2
     assert "unknown task" in capsys.readouterr().err
+
+
+def test_prepare_splits_by_subject_with_val_and_test_fractions(tmp_path):
+    # 8 subjects x 2 contrast files x 4 slices (small .npy stacks); the pattern makes a subject of both files
+    rng = np.random.default_rng(0)
+    inputs = []
+    for number in range(8):
+        for contrast in ("t1", "t2"):
+            path = tmp_path / "in" / f"pat-{number:02d}-{contrast}.npy"
+            path.parent.mkdir(exist_ok=True)
+            np.save(path, rng.uniform(0.2, 1.0, (4, 32, 32)).astype(np.float32))
+            inputs.append(path)
+    rule = SplitRule(val_fraction=0.25, test_fraction=0.25, seed=3)
+    selection = SliceSelection(size=(32, 32))
+
+    def prepare(paths, name):
+        dataset = prepare_dataset(paths, tmp_path / name, parse_task("sr2"), selection=selection, split_rule=rule,
+                                  subject_pattern=r"(pat-\d+)", progress=False)
+        return {r["id"]: (r["subject"], r["split"]) for r in dataset.rows}, dataset
+
+    by_id, dataset = prepare(inputs, "a")
+    assert len(by_id) == 8 * 2 * 4  # every slice kept, IDs unique
+    subjects = sorted({subject for subject, _ in by_id.values()})
+    assert subjects == [f"pat-{n:02d}" for n in range(8)]
+    split_of: dict[str, set[str]] = {}
+    for subject, split in by_id.values():
+        split_of.setdefault(subject, set()).add(split)
+    # every slice of a subject is in one split, so no subject appears in two splits
+    assert all(len(splits) == 1 for splits in split_of.values()), split_of
+    members = {split: {s for s, v in split_of.items() if v == {split}} for split in ("train", "val", "test")}
+    assert members["train"].isdisjoint(members["val"]) and members["train"].isdisjoint(members["test"])
+    assert members["val"].isdisjoint(members["test"])
+    assert set().union(*members.values()) == set(subjects)
+    # the fractions: round(8 * 0.25) = 2 subjects each in val and test, the rest in train; none empty
+    assert {k: len(v) for k, v in members.items()} == {"train": 4, "val": 2, "test": 2}
+    # the manifest's slices per split and dataset.json agree with the per-subject assignment
+    for split in ("train", "val", "test"):
+        slices = [i for i, (s, v) in by_id.items() if v == split]
+        assert len(slices) == 8 * len(members[split]) == dataset.info["counts"][split]
+        assert len(dataset.indices(split)) == len(slices)
+        assert sorted(dataset.info["subjects"][split]) == sorted(members[split])
+    # reproducible, and independent of the order of the inputs (reversed, shuffled)
+    assert prepare(inputs, "b")[0] == by_id
+    assert prepare(inputs[::-1], "c")[0] == by_id
+    shuffled = [inputs[i] for i in np.random.default_rng(1).permutation(len(inputs))]
+    assert prepare(shuffled, "d")[0] == by_id
+    # and assign_splits alone: same result for any order or repetition of the subject list
+    direct = {s: next(iter(v)) for s, v in split_of.items()}
+    assert assign_splits(subjects, rule) == direct
+    assert assign_splits(subjects[::-1] + subjects[:3], rule) == direct
+    # another seed gives another (still valid) assignment of the same sizes
+    other = assign_splits(subjects, SplitRule(val_fraction=0.25, test_fraction=0.25, seed=4))
+    assert sorted(other.values()) == sorted(direct.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 import sys
 import time
@@ -197,13 +198,52 @@ def test_super_resolve_compare_and_measure_a_brats_case(scene, brats_case, model
     table = parameters.GetNodeReference("MetricsTable")
     rows = {table.GetCellText(r, 0): (table.GetCellText(r, 1), table.GetCellText(r, 2))
             for r in range(table.GetNumberOfRows())}
-    for measure in ("PSNR whole volume (dB)", "SSIM whole volume", "PSNR tumour/ROI (dB)", "PSNR background (dB)",
-                    "SSIM tumour/ROI", "Autoencoder ceiling PSNR (dB)", "Hallucinated pixels (%)", "Lost pixels (%)"):
-        assert measure in rows, measure
-        assert float(rows[measure][0]) == pytest.approx(float(rows[measure][0]))  # a number
     reference = metrics["reference"]
-    assert float(rows["PSNR tumour/ROI (dB)"][1]) == pytest.approx(reference["regions"]["inside"]["psnr_lr"], abs=0.01)
-    assert reference["regions"]["inside"]["pixels"] > 0
+    inside, background = reference["regions"]["inside"], reference["regions"]["background"]
+    # each cell is the value of the run's metrics (2 decimals for PSNR and %, 4 for SSIM), SR and LR input
+    expected_cells = {
+        "PSNR whole volume (dB)": (reference["psnr_sr"], reference["psnr_lr"], 2, 1),
+        "SSIM whole volume": (reference["ssim_sr"], reference["ssim_lr"], 4, 1),
+        "PSNR tumour/ROI (dB)": (inside["psnr_sr"], inside["psnr_lr"], 2, 1),
+        "SSIM tumour/ROI": (inside["ssim_sr"], inside["ssim_lr"], 4, 1),
+        "PSNR background (dB)": (background["psnr_sr"], background["psnr_lr"], 2, 1),
+        "Autoencoder ceiling PSNR (dB)": (reference["psnr_ae_ceiling"], None, 2, 1),
+        "Hallucinated pixels (%)": (reference["hallucinated_fraction"], None, 2, 100),
+        "Lost pixels (%)": (reference["lost_fraction"], None, 2, 100),
+    }
+    for measure, (sr_value, lr_value, digits, scale) in expected_cells.items():
+        assert measure in rows, measure
+        assert sr_value is not None and math.isfinite(sr_value), measure
+        assert float(rows[measure][0]) == pytest.approx(sr_value * scale, abs=0.51 * 10 ** -digits), measure
+        if lr_value is None:
+            assert rows[measure][1] == "", measure
+        else:
+            assert float(rows[measure][1]) == pytest.approx(lr_value * scale, abs=0.51 * 10 ** -digits), measure
+    assert inside["pixels"] > 0
+    # whole-volume PSNR recomputed with numpy from the nodes, in the run's [0, 1] window (peak 1): the
+    # reference is the input volume itself (simulate), the LR the simulated input; the SR two ways: the
+    # SR node (cast back to the input's dtype) and the difference node (SR - HR in intensity units)
+    lower, upper = metrics["window"]["lower"], metrics["window"]["upper"]
+
+    def windowed(node):
+        array = slicer.util.arrayFromVolume(node).astype(np.float64)
+        return np.clip((array - lower) / (upper - lower), 0, 1).astype(np.float32).astype(np.float64)
+
+    def psnr(mse):
+        return 10 * math.log10(1.0 / mse)
+
+    hr = windowed(volume)
+    lr_mse = np.mean((windowed(parameters.GetNodeReference("OutputLR")) - hr) ** 2)
+    sr_mse = np.mean((windowed(parameters.GetNodeReference("OutputSR")) - hr) ** 2)
+    difference = slicer.util.arrayFromVolume(parameters.GetNodeReference("OutputDifference")).astype(np.float64)
+    assert float(rows["PSNR whole volume (dB)"][1]) == pytest.approx(psnr(lr_mse), abs=0.006)
+    assert float(rows["PSNR whole volume (dB)"][0]) == pytest.approx(psnr(np.mean((difference / (upper - lower)) ** 2)),
+                                                                     abs=0.006)
+    assert float(rows["PSNR whole volume (dB)"][0]) == pytest.approx(psnr(sr_mse), abs=0.02)
+    # fractions and SSIMs within their ranges; the AE ceiling is a real PSNR of a lossy round trip
+    assert 0 <= float(rows["Hallucinated pixels (%)"][0]) <= 100 and 0 <= float(rows["Lost pixels (%)"][0]) <= 100
+    assert all(-1 <= float(rows[m][i]) <= 1 for m in ("SSIM whole volume", "SSIM tumour/ROI") for i in (0, 1))
+    assert 5 < float(rows["Autoencoder ceiling PSNR (dB)"][0]) < 100
 
     # the comparison: simulated LR left, SR right with the difference overlay and the label map
     parameters.SetParameter("Overlay", "difference")

@@ -347,7 +347,7 @@ def test_write_keeps_patient_and_refuses_source_folders(t1_3slice_dir: Path, tmp
     out = tmp_path / "out"
     (out).mkdir()
     (out / "keep.txt").write_text("someone else's file")
-    with pytest.raises(OutputError, match="not a DICOM file"):
+    with pytest.raises(OutputError, match="not a previous DICOM series folder"):
         write_dicom_series(image, out)
     shutil.rmtree(out)
     files = write_dicom_series(image, out)
