@@ -50,7 +50,7 @@ class Autoencoder(nn.Module, abc.ABC):
             otherwise in the network's native latent space.
         decoded images: ``(B, 1, H, W)`` float32 clamped to ``[0, 1]``.
 
-    Encoding is deterministic by default (the posterior mean, rule 6 of the design); set
+    Encoding is deterministic by default (the posterior mean, rule 6 (docs/science.md)); set
     :attr:`deterministic` to ``False`` to draw from the posterior, reproducibly when a
     ``torch.Generator`` is passed. Autoencoders without a posterior (the TAESD family) return the
     same latents either way (:attr:`stochastic` is ``False``).

@@ -3,7 +3,7 @@
 Different VAEs put their latents on very different scales (SD's ~5x larger than MedVAE's, TAEF2's
 32 channels each with its own offset). A diffusion model's noise schedule assumes roughly unit
 variance data, so without normalisation the same schedule means a different signal-to-noise ratio
-for each VAE, which confounds comparisons between them (design rule 4). Here each channel ``c`` is
+for each VAE, which confounds comparisons between them (rule 4 (docs/science.md)). Here each channel ``c`` is
 mapped by ``(z_c - shift_c) / scale_c`` with ``shift`` the mean and ``scale`` the standard
 deviation of that channel over every latent pixel of a sample of images (posterior means).
 

@@ -6,7 +6,7 @@
 * :mod:`.objectives`: :class:`DDPMObjective` (epsilon / x0 / v, L1 / L2, min-SNR-gamma) and
   :class:`RectifiedFlowObjective`, one ``training_loss`` interface, :func:`objective_from_dict`;
 * :mod:`.samplers`: :func:`sample` (DDIM, ancestral DDPM, Euler, Heun), every run striding the
-  whole schedule and ending exactly on the clean end (design rule 3);
+  whole schedule and ending exactly on the clean end (rule 3 (docs/science.md));
 * :mod:`.rng`: seeded draws that work across devices.
 
 Every configuration is a plain dict that round-trips through JSON (``to_dict`` / ``from_dict``,

@@ -2,7 +2,7 @@
 
 Super-resolution is conditioned by concatenation: the network input is the noisy high-resolution
 latent ``x_t`` stacked on the channel axis with the latent of the low-resolution image encoded on
-the high-resolution grid (design rule 5), so both have the same shape ``(B, C, h, w)``. The network
+the high-resolution grid (rule 5 (docs/science.md)), so both have the same shape ``(B, C, h, w)``. The network
 input therefore has ``2 * C`` channels and its output ``C`` channels (noise, clean latent or
 velocity, as the objective decides).
 

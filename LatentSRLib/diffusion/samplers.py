@@ -10,7 +10,7 @@ DDPM objectives (:class:`.DDPMObjective`):
 Both visit :func:`ddim_timesteps` (``"trailing"`` spacing, Lin et al. 2024): ``S`` steps stride across
 the whole ``T``-step schedule, start at the noisiest timestep ``T-1`` and make the last update to
 the clean end (``alpha_bar = 1``), i.e. return the predicted clean latent of the last step
-(design rule 3: never walk only the first ``S`` steps of a longer schedule).
+(rule 3 (docs/science.md): never walk only the first ``S`` steps of a longer schedule).
 
 Why not MONAI's ``DDIMScheduler`` (checked in MONAI 1.6.1): its ``set_timesteps`` spaces the
 timesteps as ``linspace(T-1, 0, S)`` (T=1000, S=4: 999, 666, 333, 0) but ``step`` moves each

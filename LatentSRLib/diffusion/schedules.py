@@ -3,7 +3,7 @@
 Convention: timestep ``k = 0`` is the cleanest noisy level (``alpha_bar[0]`` just below 1) and
 ``k = T-1`` the noisiest (``alpha_bar[T-1]`` close to 0). The data itself sits one step beyond
 ``k = 0``; it is addressed as timestep :data:`CLEAN` (``-1``), where ``alpha_bar = 1``, so a sampler
-can make its last update land exactly on the data (design rule 3).
+can make its last update land exactly on the data (rule 3 (docs/science.md)).
 
 The noisy latent at timestep ``k`` is ``x_k = sqrt(alpha_bar_k) x_0 + sqrt(1 - alpha_bar_k) eps``.
 

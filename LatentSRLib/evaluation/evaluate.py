@@ -5,7 +5,7 @@ tables and figures, and a report, in one run folder.
 its arguments and the run folder and runs the steps in order. Each step lives in its own module:
 
 * :mod:`.methods`: the methods (SR models, their AE ceilings, interpolation baselines);
-* :mod:`.scoring`: every method scored against the TRUE high-resolution slice (design rule 1),
+* :mod:`.scoring`: every method scored against the TRUE high-resolution slice (rule 1 (docs/science.md)),
   image by image, into per-image rows;
 * :mod:`.fid`: FID per method, a set statistic (all predictions against all true slices);
 * :mod:`.rows`: the rows' columns, ``per_image.csv``, pairing by image id (rule 2);
@@ -34,7 +34,7 @@ the true slices of the split, Inception FID (torchmetrics) when its weights are 
 the offline ST-LPIPS AlexNet feature distance, labelled as such in Table S12 and the report; a
 split of fewer than 2048 slices gets a warning in the log, the table and the report's notes.
 
-Per-image rows -> statistics -> tables (design rule 9). Everything after the scoring, the
+Per-image rows -> statistics -> tables (rule 9 (docs/science.md)). Everything after the scoring, the
 statistics in ``summary.json``, every table in ``tables.md`` and every figure, is computed from the
 rows as read back from ``per_image.csv`` (and from ``radial_spectrum.csv`` / ``examples.npz`` for
 the spectrum and the image montages); FID, a set statistic with no per-image value, is saved in

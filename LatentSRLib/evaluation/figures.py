@@ -7,7 +7,7 @@
 * :func:`save_run_figures`: every figure of a run folder, from the files already in it.
 
 Every figure is written atomically as PNG (:mod:`.plotting`); the LPIPS network is named under the
-titles that show LPIPS (design rule 10).
+titles that show LPIPS (rule 10 (docs/science.md)).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _short(name: str, width: int = 28) -> str:
 
 
 def _network_line(column: str, label: str | None) -> str:
-    """The LPIPS network named under a title (design rule 10), wrapped."""
+    """The LPIPS network named under a title (rule 10 (docs/science.md)), wrapped."""
     return "\n" + textwrap.fill(f"{column}: {label or 'LPIPS network not recorded'}", 90)
 
 

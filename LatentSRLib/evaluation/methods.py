@@ -2,7 +2,7 @@
 
 Every method turns a batch of the dataset's low-resolution slices into ``(B, 1, H, W)`` float32
 predictions in ``[0, 1]`` on the high-resolution grid; the evaluator then scores each prediction
-against the TRUE high-resolution slice (design rule 1). A method is named by the string the user
+against the TRUE high-resolution slice (rule 1 (docs/science.md)). A method is named by the string the user
 gives (``--methods``), which is also its name in every table:
 
 =======================  ==============  =========================================================
@@ -22,7 +22,7 @@ name                     kind            what it is
 
 Baselines, exactly:
 
-* ``bicubic``: a prepared dataset stores the LR image already on the HR grid (design rule 5): for
+* ``bicubic``: a prepared dataset stores the LR image already on the HR grid (rule 5 (docs/science.md)): for
   the ``sr`` task it IS the antialiased bicubic down-sampling by the task scale followed by bicubic
   up-sampling back, i.e. the bicubic baseline itself, so the method returns the LR array unchanged.
   For ``refine`` (blur + bicubic down-up) and ``kspace`` (truncated k-space magnitude) tasks it is

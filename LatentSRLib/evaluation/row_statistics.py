@@ -1,4 +1,4 @@
-"""Every number of an evaluation's tables, computed from per-image rows (design rules 7 and 9).
+"""Every number of an evaluation's tables, computed from per-image rows (rules 7 and 9 (docs/science.md)).
 
 :func:`statistics_from_rows` turns rows (:mod:`.rows`) into a JSON-ready dict, stored in
 ``summary.json`` and rendered by :mod:`.tables`: per method mean, SD, median and a bootstrap CI of

@@ -14,7 +14,7 @@ number that does not apply or is undefined:
   no autoencoder, hence NaN;
 * latent fidelity: SR models only; MS-SSIM: NaN below 176x176 pixels.
 
-Rows are paired by image id (design rule 2): :func:`check_paired` refuses rows in which the
+Rows are paired by image id (rule 2 (docs/science.md)): :func:`check_paired` refuses rows in which the
 methods of a dataset were not scored on the same images. Rows of several evaluations (other
 datasets) may be concatenated. Per subject, one method alone is averaged over its finite slices
 (:func:`values_by_unit`); two methods that are compared are averaged over the SAME slices, those
@@ -120,7 +120,7 @@ def ordered(values: Iterable[str]) -> list[str]:
 
 
 def check_paired(rows: Sequence[dict]) -> None:
-    """Refuse rows that do not pair (design rule 2): within each dataset every method must have
+    """Refuse rows that do not pair (rule 2 (docs/science.md)): within each dataset every method must have
     exactly the same image ids, each once.
 
     Raises:
@@ -171,7 +171,7 @@ def paired_values_by_unit(
     *,
     column_b: str | None = None,
 ) -> tuple[dict[Hashable, float], dict[Hashable, float], int]:
-    """Two methods' ``column`` per statistical unit, on the same images for both (design rule 2).
+    """Two methods' ``column`` per statistical unit, on the same images for both (rule 2 (docs/science.md)).
 
     ``aggregate="image"``: ``{image id: value}`` of each side as it is (the paired statistics then
     leave out, and count, the non-finite pairs). ``aggregate="subject"``: each subject's mean over

@@ -1,4 +1,4 @@
-"""Scoring one batch: every method's prediction against the TRUE high-resolution slices (design rule
+"""Scoring one batch: every method's prediction against the TRUE high-resolution slices (rule
 1), image by image, into per-image rows (columns: :mod:`.rows`), and the batch's radial power
 spectra.
 

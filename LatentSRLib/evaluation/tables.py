@@ -10,7 +10,7 @@ evaluation saved (``summary.json``, ``tables.fid``, see :mod:`.fid`). Calling::
 
     tables_from_rows(read_rows("RUN/per_image.csv"), **json.load(open("RUN/summary.json"))["tables"])
 
-reproduces a run's ``tables.md`` exactly (design rule 9).
+reproduces a run's ``tables.md`` exactly (rule 9 (docs/science.md)).
 """
 
 from __future__ import annotations
@@ -136,7 +136,6 @@ def tables_from_statistics(stats: dict, lpips_label: str | None = None, k: float
     unit = stats["unit"]
     lpips = stats["lpips_column"]
     kinds = stats["kinds"]
-    metrics = [*COMPARED, *([lpips] if lpips else [])]
     lpips_text = (f"LPIPS: {lpips_label or lpips} (column `{lpips}`)." if lpips
                   else "LPIPS: not computed (no LPIPS network was available or it was switched off).")
     level = "image" if unit == "images" else "subject (slices averaged per subject first)"
@@ -180,6 +179,8 @@ def tables_from_statistics(stats: dict, lpips_label: str | None = None, k: float
                          f"`{c['method']}`", c["n"], *(["n/a"] * (len(header) - 5 - 1)), f"skipped: {c['skipped']}"])
             continue
         dropped = f" ({c['n_dropped']} non-finite pairs left out)" if c["n_dropped"] else ""
+        if c.get("n_slices_dropped"):  # subject level: slices not finite for both methods, left out of both
+            dropped += f" ({c['n_slices_dropped']} unpaired slices left out of both)"
         body.append([
             c["dataset"], _metric_label(c["metric"], lpips_label), f"`{c['reference']}`", f"`{c['method']}`",
             f"{c['n']}{dropped}", f"{_number(c['mean_x'], d)} ± {_number(c['sd_x'], d)}",

@@ -1,6 +1,6 @@
 """The volume SR engine: a scan in, its super-resolved version and review maps out, on the scan's grid.
 
-The data flow of DESIGN.md: window the volume to [0, 1] (the model's training percentiles,
+The data flow (docs/science.md has the rules it follows): window the volume to [0, 1] (the model's training percentiles,
 remembered) -> upright slices of the chosen plane -> model grid -> encode the LR slice (on the HR
 grid, rule 5) -> sample K times -> decode -> [data-consistency projection] -> back to the slice grid
 -> stack -> undo the window. A model trained on tiles of large images (``fit="tile"`` in its grid,

@@ -9,7 +9,7 @@ reference, i.e. SR - HR); then
 * 95% limits of agreement ``bias +- z * sd_difference`` with ``z = Phi^-1(0.975) = 1.95996`` (the
   paper's "1.96", to four figures; other coverages through ``coverage``).
 
-Images are paired by id (design rule 2) with :func:`.statistics.pair_by_id`, which refuses two sets
+Images are paired by id (rule 2 (docs/science.md)) with :func:`.statistics.pair_by_id`, which refuses two sets
 of different images. Non-finite values are refused unless ``nonfinite="drop"`` (the count is kept).
 Any per-image scalar works, not only the mean intensity (:func:`mean_intensities` computes that one).
 """

@@ -1,9 +1,9 @@
-"""FID per method: a set statistic, saying which network computed it (design rule 10).
+"""FID per method: a set statistic, saying which network computed it (rule 10 (docs/science.md)).
 
 The Fréchet distance between two image sets fits a Gaussian to each set's network features and
 measures ``||mu_p - mu_t||^2 + Tr(S_p + S_t - 2 (S_p S_t)^(1/2))`` (Heusel et al., 2017). It is
 one number per set pair: here all of a method's predictions against all the TRUE high-resolution
-images of the split (design rule 1), per method and dataset. Two feature networks, tried in this
+images of the split (rule 1 (docs/science.md)), per method and dataset. Two feature networks, tried in this
 order by ``backend="auto"`` (as :mod:`.perceptual` does for LPIPS):
 
 1. ``"torchmetrics"``: the published FID, Inception-v3 pool3 features (2048-d) of

@@ -1,6 +1,6 @@
 """Hallucination and loss maps: where a super-resolved image departs from the truth beyond the VAE's own error.
 
-The paper's definition (section 4.6), scored against the TRUE high-resolution image (design rule 1):
+The paper's definition (section 4.6), scored against the TRUE high-resolution image (rule 1 (docs/science.md)):
 
 * ``D = SR - HR``, the signed error of the method;
 * the noise floor of the method's own autoencoder, per image: ``tau = mean(|AE - HR|) + k * std(|AE - HR|)``

@@ -1,4 +1,4 @@
-"""LPIPS, saying which network computed it (design rule 10).
+"""LPIPS, saying which network computed it (rule 10 (docs/science.md)).
 
 The paper's LPIPS is the AlexNet variant of Zhang et al. (inputs mapped to ``[-1, 1]``). Two
 backends, tried in this order by ``backend="auto"``:

@@ -1,6 +1,6 @@
 """Per-image fidelity metrics: PSNR, SSIM and MS-SSIM of a prediction against the true image.
 
-Design rule 1: every score compares a method's output with the TRUE high-resolution image, never
+rule 1 (docs/science.md): every score compares a method's output with the TRUE high-resolution image, never
 with a VAE reconstruction of it; the arguments are therefore always ``(prediction, target)`` with
 ``target`` the real high-resolution image.
 

@@ -3,7 +3,7 @@
 The paper (Fig. 3, Table S11) regresses each method's SR PSNR on the PSNR of its VAE's
 encode-then-decode reconstruction (the "AE ceiling"), one point per method and dataset. Here:
 
-* points are paired by key (design rule 2): ``ae_ceiling[key]`` with ``sr[key]``, keys such as
+* points are paired by key (rule 2 (docs/science.md)): ``ae_ceiling[key]`` with ``sr[key]``, keys such as
   ``("MedVAE", "BraTS")``; two sets of different keys are refused;
 * Pearson r and its two-sided p-value (:func:`scipy.stats.pearsonr`, exact under bivariate
   normality), R² = r², and the OLS line ``sr = slope * ae + intercept`` with standard errors

@@ -1,7 +1,7 @@
 """PSNR and SSIM inside the regions of a segmentation (e.g. the tumour) and in the background.
 
 The paper's Table S10 scores BraTS SR inside the tumour mask and outside it. Definitions here,
-always against the TRUE high-resolution image (design rule 1):
+always against the TRUE high-resolution image (rule 1 (docs/science.md)):
 
 * PSNR of a region: ``10 log10(data_range**2 / MSE)`` with the MSE taken over the region's pixels
   only (float64); ``+inf`` when the region is reproduced exactly.

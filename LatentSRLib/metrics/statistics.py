@@ -1,4 +1,4 @@
-"""Paired statistics for comparing two methods image by image (design rules 2 and 7).
+"""Paired statistics for comparing two methods image by image (rules 2 and 7 (docs/science.md)).
 
 * Pairing is by image id, never by position: :func:`pair_by_id` refuses two result sets whose ids
   differ and otherwise lines them up.

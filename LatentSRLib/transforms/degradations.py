@@ -1,5 +1,5 @@
 """Simulated low-resolution inputs: the degradations that turn a high-resolution image into the
-model's input, on the high-resolution grid (design rule 5: every VAE sees the same information).
+model's input, on the high-resolution grid (rule 5 (docs/science.md): every VAE sees the same information).
 
 All transforms work in-plane on the LAST TWO axes of an array of shape ``(..., H, W)``: a 2D image
 ``(H, W)``, a channel-first MONAI item ``(C, H, W)``, a batch ``(N, 1, H, W)`` or a volume

@@ -136,7 +136,7 @@ def test_refuses_foreign_folders_and_inputs(tmp_path, brats_flair):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(OutputError, match="not a LatentSR dataset"):
+    with pytest.raises(OutputError, match="not a previous LatentSR dataset"):
         prepare_dataset([brats_flair], foreign, parse_task("sr4"), selection=SMALL, progress=False)
     assert (foreign / "notes.txt").read_text() == "mine"
     with pytest.raises(InputError, match="larger than the image"):
