@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from LatentSRLib.evaluation.row_statistics import COMPARED, statistics_from_rows
+from LatentSRLib.evaluation.row_statistics import statistics_from_rows
 from LatentSRLib.evaluation.rows import SUBBAND_COLUMNS
 
 __all__ = ["tables_from_rows", "tables_from_statistics"]
