@@ -292,32 +292,37 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
             raise ValueError("Region metrics need a high-resolution reference (or 'simulate low resolution').")
 
     def resolutionNote(self, parameterNode) -> str:
-        """A warning when the model's grid is coarser than the input's pixels: a model trained on an
-        N x N grid works at field-of-view / N per pixel and cannot restore finer detail ("" otherwise)."""
+        """Input and output pixel sizes of the chosen model on the input volume: an ``sr`` model writes on a
+        grid ``s`` times finer in-plane (simulation: back onto the input's grid); others keep the grid.
+        With a warning when the output pixels are more than 2x away from the model's training pixel
+        size (the model records it). "" when there is nothing to say yet."""
         inputNode = parameterNode.GetNodeReference("InputVolume")
         modelPath = parameterNode.GetParameter("ModelPath")
         if inputNode is None or inputNode.GetImageData() is None or not modelPath:
             return ""
         try:
-            gridInfo = readModelConfig(modelPath)["grid"]
-            grid = max(gridInfo["size"])
+            config = readModelConfig(modelPath)
+            task, gridInfo = config["task"], config.get("grid", {})
         except (OSError, ValueError, KeyError):
-            return ""
-        if gridInfo.get("fit") == "tile":  # a tile model works at the input's own pixels
             return ""
         matrix = self.ijkToRas(inputNode)[:3, :3]
         spacing = np.linalg.norm(matrix, axis=0)
         # the index axis pointing most along the plane's normal (RAS: L-R, P-A, I-S) is the slice axis
         normal = {"sagittal": 0, "coronal": 1, "axial": 2}.get(parameterNode.GetParameter("Axis"), 2)
         sliceAxis = int(np.argmax(np.abs(matrix[normal]) / spacing))
-        dims = inputNode.GetImageData().GetDimensions()
-        inPlane = [a for a in range(3) if a != sliceAxis]
-        modelPixel = max(dims[a] * spacing[a] for a in inPlane) / grid
-        ownPixel = min(spacing[a] for a in inPlane)
-        if modelPixel <= 1.25 * ownPixel:
-            return ""
-        return (f"This model works on a {grid} x {grid} grid: about {modelPixel:.2f} mm per pixel for this volume, "
-                f"whose own pixels are {ownPixel:.2f} mm. Detail finer than {modelPixel:.2f} mm cannot be restored.")
+        inPlane = [float(spacing[a]) for a in range(3) if a != sliceAxis]
+        refines = task.get("mode") == "sr" and not self.flag(parameterNode, "Simulate")
+        factor = int(task.get("scale", 1)) if refines else 1
+        output = [s / factor for s in inPlane]
+        text = (f"Input pixels {inPlane[0]:.2f} x {inPlane[1]:.2f} mm; output pixels {output[0]:.2f} x {output[1]:.2f} mm"
+                + (f" ({factor}x finer in-plane, same field of view)." if factor > 1 else " (the input's grid)."))
+        trained = gridInfo.get("pixel_size_mm")
+        if trained:
+            ratio = max(max(output) / trained, trained / min(output))
+            if ratio > 2:
+                text += (f" Warning: the model was trained at {trained:g} mm pixels ({ratio:.1f}x away): detail at "
+                         "other scales than it learned may be wrong.")
+        return text
 
     # ---- node <-> image --------------------------------------------------------------------------
     @staticmethod
@@ -360,6 +365,15 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
         slicer.util.updateVolumeFromArray(volumeNode, np.ascontiguousarray(image.array))
         volumeNode.SetIJKToRASMatrix(matrix)
         volumeNode.CreateDefaultDisplayNodes()
+
+    @staticmethod
+    def sameGridNode(image, volumeNode):
+        """``volumeNode`` when ``image`` lies on its grid (within 1e-3 mm), else None."""
+        shape = tuple(reversed(volumeNode.GetImageData().GetDimensions()))
+        target = LatentSRLogic.ijkToRas(volumeNode)
+        if image.array.shape == shape and np.allclose(image.ijk_to_ras(), target, atol=GEOMETRY_TOLERANCE_MM):
+            return volumeNode
+        return None
 
     def labelImage(self, node, referenceVolume):
         """A label map or segmentation node as a label image on ``referenceVolume``'s grid."""
@@ -480,8 +494,9 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
         return node
 
     def loadResults(self, parameterNode, images: dict, metrics: dict) -> dict:
-        """Put each result image into its output node (on the input's exact geometry), fill the
-        metrics table and record everything in the parameter node. Returns ``metrics``."""
+        """Put each result image into its output node, fill the metrics table and record everything in
+        the parameter node. A result on the input's grid takes the input node's exact geometry; one on
+        the SR grid (s times finer in-plane) or the simulated coarse grid keeps its own. Returns ``metrics``."""
         inputNode = parameterNode.GetNodeReference("InputVolume")
         wanted = set(self.requestedOutputs(parameterNode)) | {"sr", "lr"}
         for role, image in images.items():
@@ -492,11 +507,11 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
                 labels = np.zeros(image.array.shape, dtype=np.uint8)
                 labels[image.array > 0] = HALLUCINATED
                 labels[image.array < 0] = LOST
-                self.updateVolumeNodeFromImage(node, image.with_array(labels), geometryFrom=inputNode)
+                self.updateVolumeNodeFromImage(node, image.with_array(labels), geometryFrom=self.sameGridNode(image, inputNode))
                 node.GetDisplayNode().SetAndObserveColorNodeID(self.hallucinationColorNode().GetID())
             else:
                 node = self.outputNode(parameterNode, role)
-                self.updateVolumeNodeFromImage(node, image, geometryFrom=inputNode)
+                self.updateVolumeNodeFromImage(node, image, geometryFrom=self.sameGridNode(image, inputNode))
                 self.configureDisplay(node, role, inputNode)
         parameterNode.SetParameter("Metrics", json.dumps(metrics))
         self.updateMetricsTable(parameterNode, metrics)

@@ -19,16 +19,20 @@ def register(subparsers) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="files, DICOM series folders or image folders")
     parser.add_argument("-o", "--output", required=True, metavar="DATASET_DIR", help="dataset folder (written atomically)")
-    parser.add_argument("--task", required=True, help="degradation and factor, e.g. sr4, refine2, kspace4")
+    parser.add_argument("--task", required=True, help="degradation and factor, e.g. sr4, refine2, kspace4, thick5")
+    parser.add_argument("--profile", choices=("gaussian", "box"), default=None,
+                        help="thick tasks: slice profile, a Gaussian of FWHM N slices (default) or the mean of N slices")
     parser.add_argument("--noise", type=float, default=0.0, help="noise std added after degrading, in [0,1] units")
     parser.add_argument("--noise-kind", choices=("gaussian", "rician"), default="gaussian")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (per slice, from its ID)")
     parser.add_argument("--axis", action="append", choices=("axial", "coronal", "sagittal"), default=None,
-                        help="plane(s) to slice volumes along; repeat for several (default axial)")
+                        help="plane(s) to slice volumes along; repeat for several (default axial; thick tasks: "
+                        "coronal and sagittal, whose rows run along the thick axial slices' normal; axial is refused)")
     parser.add_argument("--size", type=int, default=256, help="model grid size in pixels (default 256)")
-    parser.add_argument("--fit", choices=("pad", "stretch", "tile"), default="pad",
-                        help="pad keeps the physical aspect ratio; stretch resizes as the paper did; tile keeps "
-                        "the image's pixels and cuts it into overlapping SIZE x SIZE tiles (radiographs)")
+    parser.add_argument("--fit", choices=("pad", "stretch", "tile"), default=None,
+                        help="pad (default) keeps the physical aspect ratio; stretch resizes as the paper did; tile "
+                        "keeps the image's pixels and cuts it into overlapping SIZE x SIZE tiles (radiographs). "
+                        "Thick tasks need tile (their default): a resize would change the slice thickness")
     parser.add_argument("--tile-stride", type=int, default=None, metavar="PIXELS",
                         help="with --fit tile: pixels between tiles (default half of SIZE)")
     parser.add_argument("--every", type=int, default=1, metavar="N", help="keep every N-th slice of a volume")
@@ -51,6 +55,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import re
+    from dataclasses import replace
 
     from LatentSRLib.errors import InputError
     from LatentSRLib.data.slice_source import SliceSelection
@@ -59,16 +64,23 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         task = parse_task(args.task, noise=args.noise, noise_kind=args.noise_kind, seed=args.seed)
+        thick = task.mode == "thick"
+        if args.profile is not None and not thick:
+            raise ValueError(f"--profile applies to thick tasks, not {task.name}")
+        if args.profile not in (None, "gaussian"):  # the default profile is recorded as no option
+            task = replace(task, options={"profile": args.profile})
+        fit = args.fit or ("tile" if thick else "pad")
+        planes = args.axis or (["coronal", "sagittal"] if thick else ["axial"])
         rule = SplitRule(val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.split_seed,
                          val_subjects=tuple(args.val), test_subjects=tuple(args.test))
-        selection = SliceSelection(size=(args.size, args.size), fit=args.fit, every=args.every,
+        selection = SliceSelection(size=(args.size, args.size), fit=fit, every=args.every,
                                    max_slices_per_source=args.max_slices, min_foreground=args.min_foreground,
                                    tile_stride=args.tile_stride)
         if args.subject_pattern:
             re.compile(args.subject_pattern)
     except (ValueError, re.error) as exc:
         raise InputError(str(exc)) from None
-    dataset = prepare_dataset(args.inputs, args.output, task, selection=selection, planes=args.axis or ["axial"],
+    dataset = prepare_dataset(args.inputs, args.output, task, selection=selection, planes=planes,
                               split_rule=rule, subject_pattern=args.subject_pattern)
     print(dataset.describe())
     for split, subjects in dataset.info["subjects"].items():

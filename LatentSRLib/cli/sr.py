@@ -10,11 +10,13 @@ _FORMATS = ("nifti", "nrrd", "metaimage", "dicom")  # LatentSRLib.inference.file
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "sr",
-        help="super-resolve a volume or image with a trained model, with uncertainty and consistency maps",
-        description="Super-resolve INPUT slice by slice with a trained LatentSR model (a folder written by the "
-        "training bundle) and write, on the input's grid and in its units: sr, uncertainty (std across "
-        "--samples), consistency (|degrade(SR) - LR|) and, with --reference or --simulate-scale, difference "
-        "(SR - HR) and hallucination (+1 hallucinated / -1 lost); metrics.json holds settings, timing and scores.",
+        help="super-resolve a volume or image with a trained model (onto a finer grid), with review maps",
+        description="Super-resolve INPUT, a low-resolution scan, slice by slice with a trained LatentSR model (a "
+        "folder written by the training bundle). An sr model writes on a grid s times finer in-plane over the same "
+        "field of view (--same-grid: INPUT's grid); refine and kspace models keep INPUT's grid. Outputs, in INPUT's "
+        "units: sr, uncertainty (std across --samples), consistency (|A(SR) - LR|) and, with --reference (on the SR "
+        "grid) or --simulate-scale, difference (SR - HR) and hallucination (+1 hallucinated / -1 lost); "
+        "metrics.json holds settings, grids, timing and scores.",
     )
     parser.add_argument("input", metavar="INPUT", help="image file or DICOM series folder")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
@@ -38,6 +40,9 @@ def register(subparsers) -> None:
     parser.add_argument("--simulate-scale", type=int, default=None, metavar="S",
                         help="evaluation mode: degrade INPUT as the model's task does (its factor must be S) and "
                         "super-resolve that, with INPUT as the reference")
+    parser.add_argument("--same-grid", action="store_true",
+                        help="write the SR on INPUT's grid (an input already interpolated onto the fine grid); "
+                        "by default an sr model writes on a grid s times finer in-plane, same field of view")
     parser.add_argument("--progress", choices=("bar", "lines"), default="bar",
                         help="bar: a progress bar on stderr; lines: 'PROGRESS <fraction> <message>' lines on "
                         "stdout, for a caller running this command in the background (the Slicer module)")
@@ -47,6 +52,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from tqdm.auto import tqdm
 
     from LatentSRLib.errors import InputError
@@ -63,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     def run_file(progress):
         return super_resolve_file(args.input, args.output, args.model, plane=args.axis, settings=settings,
                                   reference=args.reference, mask=args.mask, simulate_scale=args.simulate_scale,
+                                  same_grid=args.same_grid,
                                   device=args.device, output_format=args.format, progress=progress)
 
     if args.progress == "lines":
@@ -76,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
                 bar.refresh()
 
             metrics = run_file(advance)
+    for warning in metrics.get("warnings", []):
+        print(f"latentsr sr: warning: {warning}", file=sys.stderr)
     review = metrics.get("reference")
     line = f"{metrics['slices']} slices in {metrics['seconds']:.1f} s on {metrics['device']}"
     if review:

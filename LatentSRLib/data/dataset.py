@@ -43,6 +43,7 @@ __all__ = [
     "PreparedDataset",
     "SplitRule",
     "assign_splits",
+    "check_thick_selection",
     "prepare_dataset",
 ]
 
@@ -136,6 +137,32 @@ def _degrade(task: Task, hr: np.ndarray, ids: Sequence[str]) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+def check_thick_selection(task: Task, planes: Sequence[str], selection: SliceSelection) -> None:
+    """Refuse slices a thick-slice task cannot degrade faithfully.
+
+    :class:`~LatentSRLib.transforms.degradations.ThickSlices` degrades along the ROWS of a slice. A
+    thick task simulates thick axial slices, so its slices must contain the axial normal along their
+    rows: coronal and sagittal slices (upright rows run superior -> inferior), never axial ones.
+    And the rows must be the volume's own slices (``fit="tile"``): a resize onto the model grid
+    would change the slice thickness the profile models. No-op for other tasks.
+    """
+    if task.mode != "thick":
+        return
+    if "axial" in planes:
+        raise InputError(f"task {task.name} degrades the rows of coronal and sagittal slices (superior -> inferior, "
+                         "the thick axial slices' normal); an axial slice does not contain that axis: use --axis "
+                         "coronal and/or --axis sagittal")
+    if selection.fit != "tile":
+        raise InputError(f"task {task.name} needs --fit tile (not {selection.fit}): the slices must keep their own "
+                         f"pixels along the rows, since a resize onto the model grid would change the slice "
+                         f"thickness of {task.scale} pixels the profile models")
+
+
+def _median_pixel_mm(rows: list[dict]) -> float | None:
+    sizes = [r["pixel_mm"] for r in rows if np.isfinite(r.get("pixel_mm", np.nan))]
+    return round(float(np.median(sizes)), 4) if sizes else None
+
+
 def prepare_dataset(
     inputs: Sequence[str | os.PathLike],
     outdir: str | os.PathLike,
@@ -155,8 +182,9 @@ def prepare_dataset(
             existing folder is replaced only if it is a LatentSR dataset.
         task: the degradation (see :class:`~LatentSRLib.transforms.tasks.Task`).
         selection: the slice rules (grid, window, background rule); its ``plane`` is used when
-            ``planes`` is not given.
-        planes: slice each volume along every one of these planes (2D images have one "plane").
+            ``planes`` is not given. A thick task needs ``fit="tile"`` (:func:`check_thick_selection`).
+        planes: slice each volume along every one of these planes (2D images have one "plane"); a
+            thick task takes coronal and sagittal planes only, and volumes only.
         split_rule: subject-level split.
         subject_pattern: regular expression whose first group (or whole match) in the file name is
             the subject, for datasets that store a subject's contrasts in separate files (BraTS:
@@ -167,12 +195,13 @@ def prepare_dataset(
     """
     from tqdm.auto import tqdm
 
+    planes = tuple(planes or (selection.plane,))
+    check_thick_selection(task, planes, selection)  # before any work
     outdir = Path(outdir)
     sources = expand_inputs(inputs)
     check_output_folder(outdir, sources, is_ours=lambda folder: (folder / "dataset.json").is_file(),
                         what="LatentSR dataset")
     pattern = re.compile(subject_pattern) if subject_pattern else None
-    planes = tuple(planes or (selection.plane,))
     started = time.perf_counter()
     rows: list[dict] = []
     source_summaries: list[dict] = []
@@ -187,6 +216,9 @@ def prepare_dataset(
                     break  # a 2D image has one "plane": do not repeat it
                 if not items:
                     continue
+                if items[0].plane == "image" and task.mode == "thick":
+                    raise InputError(f"task {task.name} needs volumes: a 2D image has no thick (through-plane) axis",
+                                     source)
                 subject = _subject_from_pattern(items[0].subject, source, pattern)
                 hr = np.stack([s.image for s in items]).astype(np.float32)
                 ids = []
@@ -209,7 +241,8 @@ def prepare_dataset(
                 per_plane[items[0].plane] = len(items)
                 for s, slice_id in zip(items, ids):
                     rows.append({"id": slice_id, "subject": subject, "source": str(source.resolve()), "plane": s.plane,
-                                 "slice_index": s.index, "foreground": round(s.foreground, 4)})
+                                 "slice_index": s.index, "foreground": round(s.foreground, 4),
+                                 "pixel_mm": s.pixel_mm})
             source_summaries.append({"path": str(source.resolve()), "slices": per_plane})
         if not rows:
             raise InputError("no slices were kept (all background?); check the inputs or lower --min-foreground",
@@ -248,6 +281,8 @@ def prepare_dataset(
             "split_rule": split_rule.to_dict(),
             "subject_pattern": subject_pattern,
             "shape": [len(rows), height, width],
+            # the physical size of a model pixel (median over the slices): what a trained model records
+            "pixel_size_mm": _median_pixel_mm(rows),
             "counts": {split: int(split_counts.get(split, 0)) for split in SPLITS},
             "subjects": subject_counts,
             "sources": source_summaries,

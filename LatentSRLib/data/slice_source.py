@@ -34,6 +34,10 @@ __all__ = ["ModelSlice", "SliceSelection", "evenly_spaced", "expand_inputs", "ga
 _IMAGE_ENDINGS = tuple(e for fmt, endings in FORMATS.items() if fmt != "dicom" for e in endings)
 
 
+#: image formats whose files carry no pixel size (a unit spacing is assumed when they are read)
+_FORMATS_WITHOUT_SPACING = ("png", "jpeg", "numpy")
+
+
 @dataclass(frozen=True)
 class ModelSlice:
     """One 2D model input.
@@ -46,6 +50,7 @@ class ModelSlice:
         index: slice index in the upright stack of that plane.
         image: ``(H, W)`` float32 in [0, 1] on the model grid.
         foreground: fraction of the slice's pixels above the background level.
+        pixel_mm: the physical size of one model-grid pixel (the larger side of a non-square one).
     """
 
     id: str
@@ -55,6 +60,7 @@ class ModelSlice:
     index: int
     image: np.ndarray = field(repr=False)
     foreground: float
+    pixel_mm: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -156,10 +162,15 @@ def model_slices(source: str | os.PathLike, selection: SliceSelection = SliceSel
     grid = ModelGrid(tuple(selection.size), fit=selection.fit)
     subject = subject_of(image, source)
     all_on_grid = grid.to_model(np.ascontiguousarray(slices[kept]), layout.pixel_spacing).clamp_(0.0, 1.0).numpy()
+    top, left, height, width = grid.content_box(layout.slice_shape, layout.pixel_spacing)
+    pixel_mm = float(max(n * s / m for n, s, m in zip(layout.slice_shape, layout.pixel_spacing, (height, width))))
+    if image.metadata.get("format") in _FORMATS_WITHOUT_SPACING:  # unit spacing is assumed there, not measured
+        pixel_mm = float("nan")
     for index, on_grid in zip(kept, all_on_grid):
         slice_id = subject if layout.plane == "image" else f"{subject}/{layout.plane}-{index:04d}"
         if not grid.tiled:
-            yield ModelSlice(slice_id, subject, str(source), layout.plane, index, on_grid, float(foreground[index]))
+            yield ModelSlice(slice_id, subject, str(source), layout.plane, index, on_grid, float(foreground[index]),
+                             pixel_mm)
             continue
         height, width = selection.size
         stride = selection.tile_stride or max(1, min(selection.size) // 2)
@@ -168,7 +179,7 @@ def model_slices(source: str | os.PathLike, selection: SliceSelection = SliceSel
             tile_foreground = float((tile > selection.background_level).mean())
             if tile_foreground >= selection.min_foreground:
                 yield ModelSlice(f"{slice_id}/tile-{top:04d}-{left:04d}", subject, str(source), layout.plane, index,
-                                 tile, tile_foreground)
+                                 tile, tile_foreground, pixel_mm)
 
 
 def gather_slices(inputs: Sequence[str | os.PathLike], selection: SliceSelection = SliceSelection()) -> list[ModelSlice]:

@@ -1,24 +1,33 @@
-"""The volume SR engine: a scan in, its super-resolved version and review maps out, on the scan's grid.
+"""The volume SR engine: a low-resolution scan in, its super-resolved version and review maps out.
 
-The data flow (docs/science.md has the rules it follows): window the volume to [0, 1] (the model's training percentiles,
-remembered) -> upright slices of the chosen plane -> model grid -> encode the LR slice (on the HR
-grid, rule 5) -> sample K times -> decode -> [data-consistency projection] -> back to the slice grid
--> stack -> undo the window. A model trained on tiles of large images (``fit="tile"`` in its grid,
-e.g. radiographs) keeps the slice's own pixels instead: the encode/sample/decode step runs on
-overlapping grid-sized tiles through MONAI's sliding-window inferer (Gaussian blending), and the
-data-consistency projection and consistency map are computed on the blended whole slice. Maps
-computed alongside, per voxel on the input grid:
+The data flow, one slice plane at a time (docs/science.md has the rules it follows):
+
+1. window the scan to [0, 1] (the model's training percentiles, remembered) and take the upright
+   slices of the chosen plane;
+2. for a model whose task refines the grid (``sr``): the input is the measured low-resolution scan
+   and the output grid is ``s`` times finer along the slice's rows and columns over the same field of
+   view (:mod:`LatentSRLib.transforms.grids`); each slice is up-sampled onto it with the grid's one
+   bicubic, exactly as the training pairs were made (rule 5, rule 11). Other tasks (``refine``,
+   ``kspace``) and ``same_grid=True`` keep the input's grid: the input is already interpolated;
+3. the model works at the slice's own pixel pitch: overlapping tiles of its grid size through
+   MONAI's sliding-window inferer (Gaussian blending), each tile through the one sampling path
+   (:func:`~LatentSRLib.model.sampling.sample_sr`, K samples); nothing is resized to a coarse fixed grid;
+4. [data-consistency projection with the task's noise-free forward operator], stack, undo the window.
+
+With ``simulate`` the input is the TRUE high-resolution scan: the low-resolution scan a scanner
+would have produced is made from it on the coarse grid with the same forward operator, super-
+resolved back onto the input's grid, and scored against the input. Maps, on the SR grid:
 
 * ``uncertainty``: standard deviation across the K samples (0 when K = 1), in intensity units;
-* ``consistency``: ``|degrade(SR) - LR|``, where the result disagrees with what was measured (no
-  ground truth needed), in intensity units;
-* with a reference HR volume: ``difference`` = SR - HR (intensity units) and the
+* ``consistency``: ``|A(SR) - LR|`` (``A`` the noise-free forward operator, LR on the SR grid): where
+  the result disagrees with what was measured (no ground truth needed), in intensity units;
+* with a reference HR volume on the SR grid: ``difference`` = SR - HR (intensity units) and the
   hallucination/loss label map (+1 / -1, the AE noise floor of :mod:`LatentSRLib.metrics.hallucination`),
-  with whole-volume and per-slice PSNR/SSIM;
+  with whole-volume and per-slice PSNR/SSIM of the SR and of the up-sampled input;
 * with a mask: PSNR/SSIM inside each label and in the background.
 
 :func:`super_resolve_volume` is the library API (the Slicer module calls it with a progress
-callback and a cancel check); ``latentsr sr`` is a thin wrapper that writes the results.
+callback and a cancel check); :mod:`LatentSRLib.inference.files` writes its results.
 """
 
 from __future__ import annotations
@@ -33,16 +42,18 @@ import torch
 
 from LatentSRLib.errors import InputError, LatentSRError
 from LatentSRLib.io import MedicalImage, check_pixels
-from LatentSRLib.transforms.simulation import simulate_low_resolution
 from LatentSRLib.model.folder import SRModel
 from LatentSRLib.inference.review import reference_review
 from LatentSRLib.model.sampling import SamplingSettings, sample_sr
 from LatentSRLib.transforms.consistency import consistency_map, data_consistent
 from LatentSRLib.transforms.intensity import IntensityWindow, PercentileWindow
+from LatentSRLib.transforms.degradations import AddNoise, task_degradation
+from LatentSRLib.transforms.grids import coarse_image, downsample, fine_image, upsample
 from LatentSRLib.transforms.slicing import ModelGrid, SliceLayout, tile_windows
 from LatentSRLib.model.devices import autocast_for, default_batch_size, resolve_device, run_in_batches
 
-__all__ = ["Cancelled", "SRSettings", "VolumeResult", "super_resolve_volume"]
+__all__ = ["Cancelled", "SRSettings", "VolumeResult", "pixel_size_warnings", "refines_grid", "simulate_measurement",
+           "super_resolve_volume"]
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -124,6 +135,15 @@ def _window_for(model: SRModel, image: MedicalImage) -> IntensityWindow:
     return PercentileWindow(lower, upper, clip=True).compute(image.array)
 
 
+def refines_grid(model: SRModel, same_grid: bool = False) -> bool:
+    """Whether ``model`` writes its output on a finer grid than its input (its task is ``sr``)."""
+    return model.task.mode == "sr" and model.task.scale > 1 and not same_grid
+
+
+def _windowed_slices(window: IntensityWindow, layout: SliceLayout, array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(layout.extract(np.asarray(window.apply(array), dtype=np.float32)))
+
+
 def super_resolve_volume(
     model: SRModel,
     image: MedicalImage,
@@ -133,6 +153,7 @@ def super_resolve_volume(
     reference: MedicalImage | None = None,
     mask: MedicalImage | None = None,
     simulate: bool = False,
+    same_grid: bool = False,
     device: str | torch.device = "auto",
     progress: ProgressCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
@@ -145,58 +166,78 @@ def super_resolve_volume(
             high-resolution scan to degrade first.
         plane: slicing plane of a volume (the plane the model super-resolves in).
         settings: sampling settings.
-        reference: the true high-resolution scan on the same grid (evaluation); ``simulate`` sets it.
-        mask: a label volume on the same grid (0 = background) for region metrics; needs a reference.
-        simulate: degrade ``image`` as the model's task does and super-resolve that, using ``image``
-            as the reference.
+        reference: the true high-resolution scan on the SR grid (evaluation); ``simulate`` sets it.
+        mask: a label volume on the SR grid (0 = background) for region metrics; needs a reference.
+        simulate: degrade ``image`` as the model's task does (on the coarse grid) and super-resolve
+            that back onto ``image``'s grid, using ``image`` as the reference.
+        same_grid: keep the input's grid even for an ``sr`` model (an input already interpolated
+            onto the fine grid, e.g. the LR image of a prepared dataset).
         device: ``"auto"``, ``"cuda"``, ``"cpu"``, ...
-        progress: called with (fraction done, message) after each batch.
+        progress: called with (fraction done, message) after each batch of tiles.
         cancelled: checked between batches; when it returns True, :class:`Cancelled` is raised.
 
     Returns:
-        A :class:`VolumeResult`.
+        A :class:`VolumeResult`; ``lr`` is the low-resolution scan that was super-resolved (the
+        simulated one with ``simulate``).
     """
     check_pixels(image)
     started = time.perf_counter()
     torch_device = resolve_device(device)
     model.to(torch_device)
     task = model.task
-    if simulate:
-        if reference is not None:
-            raise InputError("give either a reference or simulate, not both", image.path)
+    scale = int(task.scale)
+    refine = refines_grid(model, same_grid)
+    if simulate and reference is not None:
+        raise InputError("give either a reference or simulate, not both", image.path)
+
+    if simulate:  # the truth: make the measurement from it with the training pairs' operator
         reference = image
+        window = _window_for(model, reference)
+        layout = SliceLayout.for_image(reference, plane)
+        hr_slices = _windowed_slices(window, layout, reference.array)
         try:
-            image = simulate_low_resolution(image, mode=task.mode, scale=task.scale, noise=task.noise,
-                                            seed=settings.seed, plane=plane, **task.options)
+            lr_fine, lr = simulate_measurement(task, hr_slices, reference, layout, window, refine, settings.seed)
         except ValueError as exc:
             raise InputError(f"cannot simulate the model's task {task.name}: {exc}", image.path) from None
+        out_grid = reference
+    else:
+        lr = image
+        window = _window_for(model, lr)
+        coarse_layout = SliceLayout.for_image(lr, plane)
+        coarse = _windowed_slices(window, coarse_layout, lr.array)
+        axes = _in_plane_axes(coarse_layout)
+        if refine:
+            fine_shape = tuple(n * scale if a in axes else n for a, n in enumerate(lr.shape))
+            out_grid = _with_headers(fine_image(lr, axes, scale, np.zeros(fine_shape, dtype=lr.array.dtype)), lr)
+        else:
+            out_grid = lr
+        layout = SliceLayout.for_image(out_grid, plane)
+        lr_fine = _upsampled(coarse, scale, layout.slice_shape) if refine else coarse
     for other, what in ((reference, "reference"), (mask, "mask")):
-        if other is not None and not image.has_same_geometry(other):
-            raise InputError(f"the {what} is not on the input's grid (shape {other.shape} vs {image.shape}); "
-                             "resample it first", other.path)
+        if other is not None and not out_grid.has_same_geometry(other):
+            where = "SR grid" if refine else "input's grid"
+            raise InputError(f"the {what} is not on the {where} (shape {other.shape} vs {out_grid.shape}, spacing "
+                             f"{_mm(other.spacing)} vs {_mm(out_grid.spacing)}); resample it first", other.path)
     if mask is not None and reference is None:
         raise InputError("region metrics need a reference (or --simulate-scale)", mask.path)
 
-    window = _window_for(model, image)
-    layout = SliceLayout.for_image(image, plane)
-    lr_slices = np.ascontiguousarray(layout.extract(np.asarray(window.apply(image.array), dtype=np.float32)))
     grid_info = model.config.get("grid", {})
-    grid = ModelGrid(tuple(grid_info.get("size", (256, 256))), fit=grid_info.get("fit", "pad"))
+    tile = tuple(int(v) for v in grid_info.get("size", (256, 256)))
     tile_overlap = float(grid_info.get("tile_overlap", 0.25))
-    spacing = layout.pixel_spacing
-    n = lr_slices.shape[0]
-
-    sr_slices = np.zeros_like(lr_slices)
-    std_slices = np.zeros_like(lr_slices)
-    consistency_slices = np.zeros_like(lr_slices)
+    grid = ModelGrid(tile, fit="tile")  # native pixel pitch: pad to whole latent pixels, never resize
+    n = lr_fine.shape[0]
+    sr_slices = np.zeros_like(lr_fine)
+    std_slices = np.zeros_like(lr_fine)
+    consistency_slices = np.zeros_like(lr_fine)
+    done_mask = np.zeros(n, dtype=bool)
 
     def tiled_mean_std(lr_model: torch.Tensor, rows: list[int], tiles_per_batch: int):
         from monai.inferers import SlidingWindowInferer
 
-        inferer = SlidingWindowInferer(grid.size, sw_batch_size=tiles_per_batch, overlap=tile_overlap,
+        inferer = SlidingWindowInferer(tile, sw_batch_size=tiles_per_batch, overlap=tile_overlap,
                                        mode="gaussian", with_coord=True)
-        stride = tuple(max(1, int(s * (1 - tile_overlap))) for s in grid.size)  # as MONAI steps its windows
-        total = len(tile_windows(tuple(lr_model.shape[-2:]), grid.size, stride))
+        stride = tuple(max(1, int(s * (1 - tile_overlap))) for s in tile)  # as MONAI steps its windows
+        total = len(tile_windows(tuple(lr_model.shape[-2:]), tile, stride))
         means, stds = [], []
         for row, one in zip(rows, lr_model):
             finished = [0]
@@ -208,7 +249,7 @@ def super_resolve_volume(
                 keys = [_tile_key(row, int(where[-2].start), int(where[-1].start)) for where in locations]
                 out = torch.cat(_mean_std(model, tiles, keys, settings), dim=1)
                 finished[0] += len(tiles)
-                if progress is not None:
+                if progress is not None and total > 1:
                     progress((int(done_mask.sum()) + finished[0] / total) / n,
                              f"slice {int(done_mask.sum()) + 1}/{n}: {finished[0]}/{total} tiles")
                 return out
@@ -222,16 +263,13 @@ def super_resolve_volume(
         if cancelled is not None and cancelled():
             raise Cancelled("cancelled")
         rows = list(rows)
-        lr_model = grid.to_model(lr_slices[rows], spacing).clamp(0, 1)[:, None].to(torch_device)
+        lr_model = grid.to_model(lr_fine[rows]).clamp(0, 1)[:, None].to(torch_device)
         with torch.inference_mode(), autocast_for(torch_device, settings.autocast):
-            if grid.tiled:  # the batch size counts tiles here; slices go one by one
-                mean, std = tiled_mean_std(lr_model, rows, len(rows))
-            else:
-                mean, std = _mean_std(model, lr_model, rows, settings)
+            mean, std = tiled_mean_std(lr_model, rows, len(rows))
             if settings.data_consistency:
                 mean = data_consistent(mean, lr_model, task)
             disagreement = consistency_map(mean, lr_model, task)
-        back = [grid.from_model(x[:, 0].float().cpu(), layout.slice_shape, spacing).numpy() for x in (mean, std, disagreement)]
+        back = [grid.from_model(x[:, 0].float().cpu(), layout.slice_shape).numpy() for x in (mean, std, disagreement)]
         return rows, back
 
     def done(rows, result):
@@ -244,27 +282,30 @@ def super_resolve_volume(
             finished = int(done_mask.sum())
             progress(finished / n, f"{finished}/{n} slices")
 
-    done_mask = np.zeros(n, dtype=bool)
-    batch_size = settings.batch_size or default_batch_size(torch_device, grid.size[0] * grid.size[1])
+    batch_size = settings.batch_size or default_batch_size(torch_device, tile[0] * tile[1])
     final_batch = run_in_batches(list(range(n)), batch_size, work, done)
 
     width = float(window.upper - window.lower)
     sr_array = window.invert(layout.assemble(sr_slices))
     as_float = {"source_dtype": "float32"}
     result = VolumeResult(
-        sr=image.with_array(sr_array, latentsr_output="super-resolved", model=str(model.folder)),
-        uncertainty=image.with_array((layout.assemble(std_slices) * width).astype(np.float32),
-                                     latentsr_output="uncertainty (std across samples)", **as_float),
-        consistency=image.with_array((layout.assemble(consistency_slices) * width).astype(np.float32),
-                                     latentsr_output="data consistency |degrade(SR) - LR|", **as_float),
-        lr=image,
+        sr=out_grid.with_array(sr_array, latentsr_output="super-resolved", model=str(model.folder)),
+        uncertainty=out_grid.with_array((layout.assemble(std_slices) * width).astype(np.float32),
+                                        latentsr_output="uncertainty (std across samples)", **as_float),
+        consistency=out_grid.with_array((layout.assemble(consistency_slices) * width).astype(np.float32),
+                                        latentsr_output="data consistency |A(SR) - LR|", **as_float),
+        lr=lr,
     )
     seconds = time.perf_counter() - started
+    output_pixel = tuple(float(v) for v in layout.pixel_spacing)
     result.metrics = {
         "model": str(model.folder),
         "task": task.to_dict(),
         "plane": layout.plane,
         "slices": n,
+        "input_grid": {"shape": list(lr.shape), "spacing": [float(v) for v in lr.spacing]},
+        "output_grid": {"shape": list(out_grid.shape), "spacing": [float(v) for v in out_grid.spacing]},
+        "refined_grid": bool(refine),
         "settings": settings.to_dict(),
         "device": str(torch_device),
         "batch_size": final_batch,
@@ -273,11 +314,81 @@ def super_resolve_volume(
         "window": {"lower": window.lower, "upper": window.upper},
         "simulated": bool(simulate),
         "consistency_mean": float(consistency_slices.mean()),
+        "warnings": pixel_size_warnings(model, output_pixel),
     }
     if reference is not None:
-        review = reference_review(model, image, reference, mask, window, layout, grid, sr_slices, torch_device,
+        review = reference_review(model, lr_fine, reference, mask, window, layout, grid, sr_slices, torch_device,
                                   batch_size=settings.batch_size or 4, autocast=settings.autocast)
         result.difference, result.hallucination = review.difference, review.hallucination
         result.metrics["reference"] = review.metrics
     return result
 
+
+def pixel_size_warnings(model: SRModel, output_pixel: tuple[float, float]) -> list[str]:
+    """A warning when the output's pixel size is more than 2x away from the one the model was trained at."""
+    trained = model.config.get("grid", {}).get("pixel_size_mm")
+    if not trained or not all(output_pixel):
+        return []
+    ratio = max(output_pixel) / float(trained) if max(output_pixel) > trained else float(trained) / min(output_pixel)
+    if ratio <= 2.0:
+        return []
+    return [f"the output pixels are {_mm(output_pixel)} mm but the model was trained at {float(trained):g} mm "
+            f"({ratio:.1f}x away): detail at other scales than it learned may be wrong"]
+
+
+def _mm(values) -> str:
+    return "x".join(f"{float(v):.3g}" for v in values)
+
+
+def _in_plane_axes(layout: SliceLayout) -> tuple[int, int]:
+    """Array axes of the slices' rows and columns (a 2D image's two axes)."""
+    return (0, 1) if layout.plane == "image" else (layout.axes[1], layout.axes[2])
+
+
+def _with_headers(grid: MedicalImage, source: MedicalImage) -> MedicalImage:
+    import dataclasses
+
+    return dataclasses.replace(grid, dicom_headers=source.dicom_headers)
+
+
+def _upsampled(coarse: np.ndarray, scale: int, size: tuple[int, int], range_of: np.ndarray | None = None) -> np.ndarray:
+    """``(N, h, w)`` windowed coarse slices -> ``(N, *size)`` on the fine grid (the grid's one bicubic),
+    each slice clipped to the range of its slice in ``range_of`` (default: the coarse slice) as the
+    training pairs were (no bicubic overshoot), and to [0, 1]."""
+    fine = upsample(torch.from_numpy(np.ascontiguousarray(coarse))[:, None], scale, size=size)[:, 0].numpy()
+    ranges = coarse if range_of is None else range_of
+    low = ranges.min(axis=(1, 2), keepdims=True)
+    high = ranges.max(axis=(1, 2), keepdims=True)
+    return np.clip(np.clip(fine, low, high), 0.0, 1.0).astype(np.float32)
+
+
+def simulate_measurement(task, hr_slices: np.ndarray, reference: MedicalImage, layout: SliceLayout,
+                          window: IntensityWindow, refine: bool, seed: int) -> tuple[np.ndarray, MedicalImage]:
+    """The LR slices the model is fed (on the HR grid) and the low-resolution scan itself, made from
+    the windowed true slices ``hr_slices`` (``(N, H, W)`` of ``reference`` in ``layout``).
+
+    ``sr`` tasks: the coarse scan is ``downsample`` of the windowed truth (the coarse grid of
+    :mod:`~LatentSRLib.transforms.grids`, unclipped), and the model's input its up-sampling, clipped:
+    exactly the LR of a prepared dataset. Other tasks degrade on the input's own grid, as the dataset
+    does. A task's noise is added on the fine grid, as in the training pairs (seeded per slice).
+    """
+    hr = torch.from_numpy(hr_slices)[:, None]
+    if refine:
+        coarse = downsample(hr, task.scale)[:, 0].numpy()
+        lr_fine = _upsampled(coarse, task.scale, layout.slice_shape, range_of=hr_slices)
+        axes = _in_plane_axes(layout)
+        coarse_grid = coarse_image(reference, axes, task.scale)
+        coarse_layout = SliceLayout.for_image(coarse_grid, layout.plane if layout.plane != "image" else "axial")
+        lr_array = window.invert(coarse_layout.assemble(coarse))
+        lr = coarse_grid.with_array(lr_array, degradation=task.to_dict())
+        lr = _with_headers(lr, reference)
+    else:
+        lr_fine = np.clip(np.asarray(task_degradation(task, noise=False)(hr))[:, 0], 0, 1).astype(np.float32)
+        lr = None
+    if task.noise > 0:
+        noisy = [np.asarray(AddNoise(task.noise, kind=task.noise_kind, seed=seed + i)(torch.from_numpy(lr_fine[i : i + 1])))
+                 for i in range(len(lr_fine))]
+        lr_fine = np.clip(np.concatenate(noisy), 0, 1).astype(np.float32)
+    if lr is None:
+        lr = reference.with_array(window.invert(layout.assemble(lr_fine)), degradation=task.to_dict())
+    return lr_fine, lr

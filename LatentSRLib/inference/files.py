@@ -45,6 +45,7 @@ def super_resolve_file(
     reference: str | os.PathLike | None = None,
     mask: str | os.PathLike | None = None,
     simulate_scale: int | None = None,
+    same_grid: bool = False,
     device: str = "auto",
     output_format: str = "nifti",
     progress: Callable[[float, str], None] | None = None,
@@ -61,6 +62,8 @@ def super_resolve_file(
         model: a model folder or a loaded model.
         simulate_scale: evaluation mode: degrade ``input`` as the model's task does (its factor
             must be this) and super-resolve that, with ``input`` as the reference.
+        same_grid: keep the input's grid even for an ``sr`` model (an input already interpolated onto
+            the fine grid); by default an ``sr`` model writes on a grid ``s`` times finer in-plane.
         output_format: ``nifti``, ``nrrd``, ``metaimage`` or ``dicom`` (derived series of the input's study).
         plane, settings, reference, mask, device, progress: as :func:`~.engine.super_resolve_volume`.
 
@@ -87,7 +90,7 @@ def super_resolve_file(
     reference_image = read_image(reference) if reference else None
     mask_image = read_image(mask) if mask else None
     result = super_resolve_volume(sr_model, image, plane=plane, settings=settings, reference=reference_image,
-                                  mask=mask_image, simulate=simulate_scale is not None, device=device,
+                                  mask=mask_image, simulate=simulate_scale is not None, same_grid=same_grid, device=device,
                                   progress=progress)
     extension = OUTPUT_EXTENSIONS[output_format]
     outputs = dict(result.outputs())

@@ -64,13 +64,13 @@ def _autoencoder_round_trip(model: SRModel, slices: np.ndarray, grid: ModelGrid,
     return np.clip(out, 0, 1)
 
 
-def reference_review(model: SRModel, lr: MedicalImage, reference: MedicalImage, mask: MedicalImage | None,
+def reference_review(model: SRModel, lr_slices: np.ndarray, reference: MedicalImage, mask: MedicalImage | None,
                      window: IntensityWindow, layout: SliceLayout, grid: ModelGrid, sr_slices: np.ndarray,
                      device: torch.device, *, batch_size: int = 4, autocast: bool = True,
                      k: float = 2.0) -> ReferenceReview:
-    """Score the SR slices (``(n, H, W)`` in the window's [0, 1]) of ``lr`` against ``reference``."""
+    """Score the SR slices and the LR slices they came from (both ``(n, H, W)`` in the window's [0, 1],
+    on the reference's grid) against ``reference``."""
     hr_slices = np.ascontiguousarray(layout.extract(np.asarray(window.apply(reference.array), dtype=np.float32)))
-    lr_slices = np.ascontiguousarray(layout.extract(np.asarray(window.apply(lr.array), dtype=np.float32)))
     width = float(window.upper - window.lower)
     difference = reference.with_array(((layout.assemble(sr_slices) - layout.assemble(hr_slices)) * width)
                                              .astype(np.float32), latentsr_output="difference SR - HR",

@@ -13,6 +13,8 @@ Modes (see :data:`DEGRADATION_MODES`):
 * ``"sr"``: :class:`BicubicDownUp`, the paper's BraTS / chest X-ray 4x task;
 * ``"refine"``: :class:`BlurDownUp`, the paper's knee (MRNet) refinement task;
 * ``"kspace"``: :class:`KSpaceTruncation`, an MRI-physical low resolution (truncated k-space);
+* ``"thick"``: :class:`ThickSlices`, thick slices along the ROWS only (through-plane low resolution:
+  a slice of a plane that contains the thick axis, rows running along it);
 
 optionally followed by :class:`AddNoise`. :func:`make_degradation` builds the chain.
 """
@@ -34,7 +36,9 @@ from monai.transforms import Compose, MapTransform, Randomizable, RandGaussianNo
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple
 from scipy.signal import windows as _windows
 
+from LatentSRLib.transforms.grids import upsample
 from LatentSRLib.transforms.tasks import DEGRADATION_MODES, Task
+from LatentSRLib.transforms.thick import PROFILES, thick_downsample
 
 __all__ = [
     "DEGRADATION_MODES",
@@ -46,6 +50,8 @@ __all__ = [
     "BlurDownUpd",
     "KSpaceTruncation",
     "KSpaceTruncationd",
+    "ThickSlices",
+    "ThickSlicesd",
     "make_degradation",
     "task_degradation",
 ]
@@ -276,6 +282,50 @@ class KSpaceTruncation(_InPlaneTransform):
         return self._band_limited(batch).abs()
 
 
+class ThickSlices(_InPlaneTransform):
+    """Thick slices along the rows: the through-plane low resolution of a thick-slice acquisition.
+
+    For a slice whose rows run along the thick axis (a coronal or sagittal slice of thick axial
+    slices: rows superior -> inferior), each column is what the thick acquisition measures along
+    it, brought back onto the fine grid:
+
+    1. the slice profile (:mod:`LatentSRLib.transforms.thick`: a Gaussian of FWHM ``scale`` fine rows,
+       or the ``"box"`` mean of the ``scale`` rows a coarse slice covers) sampled at the coarse
+       centres, fine row ``k*scale + (scale - 1) / 2``, after edge-extending the rows to a multiple
+       of ``scale`` (:func:`~LatentSRLib.transforms.thick.thick_downsample`);
+    2. bicubic up-sampling of those coarse rows onto the fine rows
+       (:func:`~LatentSRLib.transforms.grids.upsample`, the one coarse-to-fine resampling, rule 11),
+       cropped to the input's rows.
+
+    Each column is degraded on its own (nothing mixes across columns). The result is the cubic
+    interpolation of the thick slices: the model's low-resolution input on the high-resolution grid
+    (rule 5).
+
+    Input: ``(..., H, W)`` numpy array or torch tensor, any real dtype, typically in ``[0, 1]``;
+    ``scale <= H``. Output: same type and shape, float32 (float64 kept). Deterministic.
+
+    Args:
+        scale: slice thickness and spacing in fine rows (integer >= 1).
+        profile: ``"gaussian"`` or ``"box"``.
+        clip: clip each ``(H, W)`` plane to its input's min/max (bicubic overshoot).
+    """
+
+    def __init__(self, scale: int = 5, profile: str = "gaussian", clip: bool = True) -> None:
+        self.scale = _check_scale(scale)
+        if profile not in PROFILES:
+            raise ValueError(f"slice profile must be one of {PROFILES}, got {profile!r}")
+        self.profile = profile
+        self.clip = bool(clip)
+
+    def _degrade(self, batch: torch.Tensor) -> torch.Tensor:
+        height, width = batch.shape[-2:]
+        if self.scale > height:
+            raise ValueError(f"{type(self).__name__}: scale {self.scale} is larger than the image's {height} rows")
+        coarse = thick_downsample(batch, self.scale, self.profile)
+        out = upsample(coarse, self.scale, dims=(-2,), size=(height, width)).to(batch.dtype)
+        return _clip_to_input_range(out, batch) if self.clip else out
+
+
 class AddNoise(Randomizable, Transform):
     """Add Gaussian or Rician noise of fixed standard deviation ``sigma`` (seeded).
 
@@ -400,6 +450,21 @@ class KSpaceTruncationd(_DegradeKeysd):
         super().__init__(keys, transform, output_keys, allow_missing_keys)
 
 
+class ThickSlicesd(_DegradeKeysd):
+    """Dictionary form of :class:`ThickSlices` (``output_keys``: where results go, default in place)."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        scale: int = 5,
+        profile: str = "gaussian",
+        clip: bool = True,
+        output_keys: KeysCollection | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, ThickSlices(scale=scale, profile=profile, clip=clip), output_keys, allow_missing_keys)
+
+
 class AddNoised(Randomizable, _DegradeKeysd):
     """Dictionary form of :class:`AddNoise`; each key gets its own draw from the shared generator."""
 
@@ -435,13 +500,14 @@ def make_degradation(
     """The degradation chain for ``mode`` (a key of :data:`DEGRADATION_MODES`), as a MONAI ``Compose``.
 
     Args:
-        mode: ``"sr"`` (:class:`BicubicDownUp`), ``"refine"`` (:class:`BlurDownUp`) or ``"kspace"``
-            (:class:`KSpaceTruncation`).
+        mode: ``"sr"`` (:class:`BicubicDownUp`), ``"refine"`` (:class:`BlurDownUp`), ``"kspace"``
+            (:class:`KSpaceTruncation`) or ``"thick"`` (:class:`ThickSlices`, along the rows).
         scale: the integer factor of that degradation.
         noise: std of added noise in image units (0 adds none); see :class:`AddNoise`.
         seed: seed of the noise generator.
         noise_kind: ``"gaussian"`` or ``"rician"``.
-        kw: further arguments of the degradation class (``clip``, ``sigma``, ``taper``, ``tukey_alpha``).
+        kw: further arguments of the degradation class (``clip``, ``sigma``, ``taper``, ``tukey_alpha``,
+            ``profile``).
 
     Raises:
         ValueError: unknown mode (the message lists the valid ones) or invalid arguments.
@@ -450,6 +516,7 @@ def make_degradation(
         "sr": BicubicDownUp,
         "refine": BlurDownUp,
         "kspace": KSpaceTruncation,
+        "thick": ThickSlices,
     }
     if mode not in builders:
         raise ValueError(f"unknown degradation mode {mode!r}; valid modes: {', '.join(DEGRADATION_MODES)}")

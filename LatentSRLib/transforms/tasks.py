@@ -16,6 +16,8 @@ DEGRADATION_MODES: dict[str, str] = {
     "sr": "antialiased bicubic down-sampling by `scale`, bicubic up-sampling back (paper: BraTS, chest X-ray, 4x)",
     "refine": "Gaussian blur (sigma, default 1 px), down-sampling by `scale` and back up (paper: knee MRNet, 2x)",
     "kspace": "keep the central 1/scale of k-space per in-plane axis (optional hamming/tukey taper), magnitude image",
+    "thick": "slice profile (Gaussian of FWHM `scale`, or box) along one axis and every `scale`-th slice: "
+    "through-plane SR of thick slices (e.g. 1x1x5 mm from 1 mm)",
 }
 
 
@@ -26,7 +28,7 @@ _TASK_PATTERN = re.compile(r"^(?P<mode>[a-z]+)(?P<scale>\d+)$")
 class Task:
     """A simulated low-resolution task: which degradation, by what factor, with what noise.
 
-    Its :attr:`name` is the mode followed by the factor (``"sr4"``, ``"refine2"``, ``"kspace4"``),
+    Its :attr:`name` is the mode followed by the factor (``"sr4"``, ``"refine2"``, ``"kspace4"``, ``"thick5"``),
     as on the command line; :meth:`to_dict` is what datasets, latent caches and model folders record
     so that a cache or a model is never reused for a different task.
     """

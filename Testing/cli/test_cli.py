@@ -115,6 +115,62 @@ def test_degrade_dicom_series_to_derived_series(capsys, tmp_path, t1_3slice_dir)
     assert "low resolution" in lr.metadata["series_description"]
 
 
+# --------------------------------------------------------------------------------------- thick slices
+def test_degrade_thick_writes_the_coarse_grid_whose_fine_grid_is_the_input(capsys, tmp_path, brats_flair):
+    from LatentSRLib.transforms.grids import fine_image
+
+    hr = read_image(brats_flair)  # 240 x 240 x 155, 1 mm, LPS: the axial normal is array axis 0
+    out = tmp_path / "thick.nii.gz"
+    code, _, err = run_cli(capsys, "degrade", brats_flair, "-o", out, "--mode", "thick", "--scale", "5")
+    assert code == 0, err
+    lr = read_image(out)
+    assert lr.shape == (31, 240, 240) and lr.array.dtype == hr.array.dtype  # ceil(155 / 5) thick slices
+    np.testing.assert_allclose(lr.spacing, (1.0, 1.0, 5.0), atol=1e-6)
+    # coarse slice 0 is centred on fine slice 2 (the middle of fine slices 0..4)
+    np.testing.assert_allclose(lr.origin, np.array(hr.origin) + 2.0 * hr.direction[:, 2], atol=1e-4)
+    np.testing.assert_allclose(lr.direction, hr.direction, atol=1e-6)
+    # the fine grid of the output, cropped to the input's 155 slices, is the input grid exactly
+    fine = fine_image(lr, [0], 5)
+    cropped = type(fine)(fine.array[: hr.shape[0]], fine.spacing, fine.origin, fine.direction)
+    assert cropped.shape == hr.shape and cropped.has_same_geometry(hr, atol=1e-4)
+    # the box profile: each thick slice is the mean of its 5 fine slices, in the source's units
+    box = tmp_path / "box.nrrd"
+    code, _, err = run_cli(capsys, "degrade", brats_flair, "-o", box, "--mode", "thick", "--scale", "5",
+                           "--profile", "box")
+    assert code == 0, err
+    means = hr.array.astype(np.float64).reshape(31, 5, 240, 240).mean(axis=1)
+    assert np.abs(read_image(box).array - means).max() <= 0.5 + 1e-3  # rounded back to int16
+    # the Gaussian profile (FWHM 5) is close to it but reaches into the neighbouring slices
+    gaussian = lr.array.astype(np.float64)
+    assert 0 < np.abs(gaussian - means).mean() < 0.05 * float(hr.array.max())
+
+
+def test_degrade_thick_dicom_series_keeps_the_study_and_the_coarse_geometry(capsys, tmp_path):
+    from LatentSRLib.io import MedicalImage, write_image
+
+    array = (np.arange(22 * 12 * 10).reshape(22, 12, 10) % 300).astype(np.int16)
+    write_image(MedicalImage(array, (0.8, 0.8, 1.0), (5.0, -3.0, -40.0), np.eye(3), metadata={"modality": "MR"}),
+                tmp_path / "source", format="dicom")
+    code, _, err = run_cli(capsys, "degrade", tmp_path / "source", "-o", tmp_path / "thick", "--mode", "thick",
+                           "--scale", "4", "--profile", "box")
+    assert code == 0, err
+    hr, lr = read_image(tmp_path / "source"), read_image(tmp_path / "thick")
+    assert lr.shape == (6, 12, 10)  # ceil(22 / 4)
+    np.testing.assert_allclose(lr.spacing, (0.8, 0.8, 4.0), atol=1e-4)
+    np.testing.assert_allclose(lr.origin, (5.0, -3.0, -40.0 + 1.5), atol=1e-4)
+    assert lr.metadata["study_instance_uid"] == hr.metadata["study_instance_uid"]
+    assert lr.metadata["series_instance_uid"] != hr.metadata["series_instance_uid"]
+    assert "thick slices" in lr.metadata["series_description"]
+    padded = np.concatenate([array, array[-1:], array[-1:]]).astype(np.float64)  # edge-extended to 24
+    assert np.abs(lr.array - padded.reshape(6, 4, 12, 10).mean(axis=1)).max() <= 0.5 + 1e-3
+
+
+def test_degrade_thick_refuses_a_2d_image(capsys, tmp_path, cxr_png):
+    code, _, err = run_cli(capsys, "degrade", cxr_png, "-o", tmp_path / "x.png", "--mode", "thick", "--scale", "5")
+    _assert_one_line_error(code, err, "need a volume")
+    assert not (tmp_path / "x.png").exists()
+
+
 # --------------------------------------------------------------------------------------- errors
 def _assert_one_line_error(code: int, err: str, *needles: str) -> None:
     assert code == 2

@@ -214,3 +214,77 @@ def test_prepare_splits_by_subject_with_val_and_test_fractions(tmp_path):
     # another seed gives another (still valid) assignment of the same sizes
     other = assign_splits(subjects, SplitRule(val_fraction=0.25, test_fraction=0.25, seed=4))
     assert sorted(other.values()) == sorted(direct.values())
+
+
+# ------------------------------------------------------------------------------------- thick slices
+@pytest.mark.shared_data
+def test_prepare_thick_task_degrades_the_superior_inferior_rows_of_coronal_and_sagittal_tiles(tmp_path, brats_flair):
+    from LatentSRLib.io import read_image
+    from LatentSRLib.transforms.degradations import ThickSlices
+    from LatentSRLib.transforms.intensity import PercentileWindow
+
+    selection = SliceSelection(size=(64, 64), fit="tile", max_slices_per_source=2)
+    dataset = prepare_dataset([brats_flair], tmp_path / "ds", parse_task("thick5"), selection=selection,
+                              planes=["coronal", "sagittal"], split_rule=SplitRule(0.0, 0.0), progress=False)
+    assert {r["plane"] for r in dataset.rows} == {"coronal", "sagittal"}
+    assert dataset.task == Task("thick", 5) and dataset.info["selection"]["fit"] == "tile"
+    # the HR tiles are the volume's own pixels, rows superior -> inferior (BraTS is LPS: k reversed),
+    # padded with zeros to 160 rows; columns right -> left (i) for coronal, anterior -> posterior (j) for sagittal
+    windowed = np.asarray(PercentileWindow(0.5, 99.5, clip=True)(read_image(brats_flair).array)[0])
+    upright = {"coronal": lambda j: windowed[::-1, j, :], "sagittal": lambda i: windowed[::-1, :, i]}
+    thick = ThickSlices(5)
+    for row in dataset.rows[:: max(1, len(dataset) // 12)]:
+        top, left = (int(v) for v in row["id"].rsplit("/tile-", 1)[1].split("-"))
+        whole = np.zeros((160, 240), np.float32)
+        whole[:155] = upright[row["plane"]](row["slice_index"])
+        hr, lr = np.array(dataset.hr[row["row"]]), np.array(dataset.lr[row["row"]])
+        np.testing.assert_allclose(hr, whole[top : top + 64, left : left + 64], atol=1e-6)
+        # the stored LR is ThickSlices (profile along the rows, every 5th, cubic back) of the stored HR
+        expected = thick(torch.from_numpy(hr)[None, None])[0, 0].numpy()
+        np.testing.assert_allclose(lr, np.clip(expected, 0, 1), atol=1e-5)
+    assert np.abs(dataset.hr[:] - dataset.lr[:]).mean() > 1e-3  # really degraded
+
+
+def test_prepare_thick_task_refuses_axial_slices_resized_slices_and_2d_images(tmp_path):
+    from LatentSRLib.io import write_image
+
+    volume = tmp_path / "vol.nii.gz"
+    write_image(MedicalImage(np.random.default_rng(0).random((20, 16, 16), dtype=np.float32), (1.0, 1.0, 1.0),
+                             (0.0, 0.0, 0.0), np.eye(3)), volume)
+    tiles = SliceSelection(size=(16, 16), fit="tile")
+    with pytest.raises(InputError, match="an axial slice does not contain"):
+        prepare_dataset([volume], tmp_path / "a", parse_task("thick5"), selection=tiles, planes=["coronal", "axial"],
+                        progress=False)
+    with pytest.raises(InputError, match="needs --fit tile"):
+        prepare_dataset([volume], tmp_path / "b", parse_task("thick5"), selection=SliceSelection(size=(16, 16)),
+                        planes=["coronal"], progress=False)
+    image = tmp_path / "flat.nii.gz"
+    write_image(MedicalImage(np.random.default_rng(1).random((30, 20), dtype=np.float32), (1.0, 1.0), (0.0, 0.0),
+                             np.eye(2)), image)
+    with pytest.raises(InputError, match="needs volumes"):
+        prepare_dataset([image], tmp_path / "c", parse_task("thick5"), selection=tiles, planes=["coronal"],
+                        progress=False)
+    assert not any((tmp_path / name).exists() for name in "abc")  # nothing half-written
+
+
+def test_prepare_command_thick_defaults_to_coronal_and_sagittal_tiles(tmp_path, capsys):
+    from LatentSRLib.cli import main
+    from LatentSRLib.io import write_image
+
+    volume = tmp_path / "vol.nii.gz"
+    write_image(MedicalImage(np.random.default_rng(0).uniform(0.2, 1.0, (20, 16, 16)).astype(np.float32),
+                             (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3)), volume)
+    out = tmp_path / "ds"
+    assert main(["prepare", str(volume), "-o", str(out), "--task", "thick5", "--size", "16", "--max-slices", "2",
+                 "--profile", "box", "--val-fraction", "0", "--test-fraction", "0"]) == 0
+    dataset = PreparedDataset(out)
+    assert dataset.info["planes"] == ["coronal", "sagittal"] and dataset.info["selection"]["fit"] == "tile"
+    assert dataset.task == Task("thick", 5, options={"profile": "box"})
+    capsys.readouterr()
+    for extra, needle in ((["--axis", "axial"], "--axis coronal"), (["--fit", "pad"], "--fit tile"),
+                          (["--task", "sr4", "--profile", "box"], "thick tasks")):
+        args = ["prepare", str(volume), "-o", str(tmp_path / "no"), "--task", "thick5", *extra]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "no").exists()

@@ -181,13 +181,20 @@ def test_super_resolve_compare_and_measure_a_brats_case(scene, brats_case, model
     parameters = configured(logic, volume, segmentation, model_folder)
     metrics = logic.process(parameters)
 
-    # every output on the input's exact grid (IJK-to-RAS and dimensions)
+    # every output on the input's exact grid (IJK-to-RAS and dimensions): simulation super-resolves back onto it
     expected = LatentSRLogic.ijkToRas(volume)
-    for role in ("sr", "uncertainty", "consistency", "difference", "hallucination", "lr"):
+    for role in ("sr", "uncertainty", "consistency", "difference", "hallucination"):
         node = parameters.GetNodeReference(OUTPUTS[role][0])
         assert node is not None, role
         assert np.array_equal(LatentSRLogic.ijkToRas(node), expected), role
         assert node.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions(), role
+    # the simulated low-resolution scan lies on the coarse grid: 4x the in-plane spacing, same field of view
+    lr_node = parameters.GetNodeReference("OutputLR")
+    dims = volume.GetImageData().GetDimensions()
+    assert lr_node.GetImageData().GetDimensions() == (-(-dims[0] // 4), -(-dims[1] // 4), dims[2])
+    coarse = LatentSRLogic.ijkToRas(lr_node)
+    np.testing.assert_allclose(coarse[:3, :2], expected[:3, :2] * 4, atol=1e-4)
+    np.testing.assert_allclose(coarse[:3, 3], expected[:3, 3] + 1.5 * (expected[:3, 0] + expected[:3, 1]), atol=1e-3)
     hallucination = parameters.GetNodeReference("OutputHallucination")
     assert hallucination.IsA("vtkMRMLLabelMapVolumeNode")
     labels = slicer.util.arrayFromVolume(hallucination)
@@ -233,7 +240,17 @@ def test_super_resolve_compare_and_measure_a_brats_case(scene, brats_case, model
         return 10 * math.log10(1.0 / mse)
 
     hr = windowed(volume)
-    lr_mse = np.mean((windowed(parameters.GetNodeReference("OutputLR")) - hr) ** 2)
+    # the LR input as scored: the coarse scan up-sampled 4x in-plane (PIL-style bicubic), clipped to each
+    # true slice's range, cropped to the input's size
+    import torch
+    import torch.nn.functional as F
+
+    raw = (slicer.util.arrayFromVolume(lr_node).astype(np.float64) - lower) / (upper - lower)  # not clipped:
+    coarse_slices = torch.from_numpy(raw.astype(np.float32))[:, None]  # bicubic sees the measurement as it is
+    up = F.interpolate(coarse_slices, scale_factor=4, mode="bicubic", antialias=True, align_corners=False)
+    up = up[:, 0, : hr.shape[1], : hr.shape[2]].numpy()
+    up = np.clip(up, hr.min(axis=(1, 2), keepdims=True), hr.max(axis=(1, 2), keepdims=True))
+    lr_mse = np.mean((up - hr) ** 2)
     sr_mse = np.mean((windowed(parameters.GetNodeReference("OutputSR")) - hr) ** 2)
     difference = slicer.util.arrayFromVolume(parameters.GetNodeReference("OutputDifference")).astype(np.float64)
     assert float(rows["PSNR whole volume (dB)"][1]) == pytest.approx(psnr(lr_mse), abs=0.006)
@@ -359,7 +376,14 @@ def test_background_run_loads_results_and_cancel_cleans_up(scene, model_folder):
     assert fractions and fractions[-1] == pytest.approx(1.0)
     assert metrics["plane"] == "coronal" and not job.workDirectory.exists()
     sr = parameters.GetNodeReference("OutputSR")
-    assert np.array_equal(LatentSRLogic.ijkToRas(sr), LatentSRLogic.ijkToRas(volume))
+    # an sr4 model writes on the grid 4x finer in the coronal plane (index axes j and k here; i is the
+    # coronal normal): those IJK-to-RAS columns / 4, the origin moved back by 3/8 of each, i unchanged
+    source = LatentSRLogic.ijkToRas(volume)
+    expected = source.copy()
+    expected[:3, 1:3] /= 4
+    expected[:3, 3] -= 3 / 8 * (source[:3, 1] + source[:3, 2])
+    np.testing.assert_allclose(LatentSRLogic.ijkToRas(sr), expected, atol=1e-3)
+    assert sr.GetImageData().GetDimensions() == (36, 160, 24)
     assert slicer.util.arrayFromVolume(sr).dtype == np.int16  # the input's units and type
     assert parameters.GetNodeReference("OutputDifference") is None  # no reference, no difference map
 
@@ -380,27 +404,33 @@ def test_default_model_is_the_shipped_reference_model(scene, monkeypatch):
     assert "Training/models" in cmake  # installed with the extension, beside LatentSRLib
 
 
-def test_resolution_note_when_the_model_grid_is_coarser_than_the_scan(scene, model_folder, tmp_path):
+def test_resolution_note_states_input_and_output_pixels(scene, model_folder, tmp_path):
+    import json
+
     from LatentSRLib.io import MedicalImage
     from LatentSRLogic import LatentSRLogic
 
     logic = LatentSRLogic()
     parameters = logic.getParameterNode()
-    parameters.SetParameter("ModelPath", str(model_folder))  # a 64 x 64 grid
-    fine = volume_node(scene, MedicalImage(np.zeros((3, 200, 160), np.float32), (0.5, 0.5, 3.0), (0.0, 0.0, 0.0),
-                                           np.eye(3)), "fine")
-    parameters.SetNodeReferenceID("InputVolume", fine.GetID())
-    note = logic.resolutionNote(parameters)
-    assert "64 x 64" in note and "1.56 mm per pixel" in note and "0.50 mm" in note  # 200 x 0.5 mm / 64
-    parameters.SetParameter("Axis", "sagittal")  # in-plane: 200 x 0.5 mm and 3 x 3 mm
-    assert "1.56 mm per pixel" in logic.resolutionNote(parameters)
-    coarse = volume_node(scene, MedicalImage(np.zeros((3, 60, 60), np.float32), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0),
+    parameters.SetParameter("ModelPath", str(model_folder))  # an sr4 model
+    coarse = volume_node(scene, MedicalImage(np.zeros((3, 60, 50), np.float32), (4.0, 3.0, 5.0), (0.0, 0.0, 0.0),
                                              np.eye(3)), "coarse")
     parameters.SetNodeReferenceID("InputVolume", coarse.GetID())
+    note = logic.resolutionNote(parameters)
+    assert "Input pixels 4.00 x 3.00 mm; output pixels 1.00 x 0.75 mm (4x finer" in note and "Warning" not in note
+    parameters.SetParameter("Axis", "sagittal")  # in-plane: j and k, 3 x 5 mm
+    assert "output pixels 0.75 x 1.25 mm" in logic.resolutionNote(parameters)
     parameters.SetParameter("Axis", "axial")
-    assert logic.resolutionNote(parameters) == ""
-    # a model trained on tiles works at the scan's own pixels: no note however fine the scan
-    tiled = make_tiny_sr_model(tmp_path, grid=32, fit="tile")
-    parameters.SetParameter("ModelPath", str(tiled))
-    parameters.SetNodeReferenceID("InputVolume", fine.GetID())
-    assert logic.resolutionNote(parameters) == ""
+    parameters.SetParameter("Simulate", "true")  # simulation super-resolves back onto the input's grid
+    assert "output pixels 4.00 x 3.00 mm (the input's grid)" in logic.resolutionNote(parameters)
+    parameters.SetParameter("Simulate", "false")
+    # a model that records its training pixel size warns when the output is more than 2x away from it
+    config_path = model_folder / "config.json"
+    original = config_path.read_text()
+    config = json.loads(original)
+    config["grid"]["pixel_size_mm"] = 0.25
+    config_path.write_text(json.dumps(config))
+    try:
+        assert "Warning: the model was trained at 0.25 mm pixels (4.0x away)" in logic.resolutionNote(parameters)
+    finally:
+        config_path.write_text(original)

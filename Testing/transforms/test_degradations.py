@@ -230,7 +230,7 @@ def test_make_degradation_builds_each_mode(hr):
     noisy.set_random_state(seed=11)
     np.testing.assert_array_equal(noisy(image), again)
     assert not np.array_equal(again, expected)
-    assert set(DEGRADATION_MODES) == {"sr", "refine", "kspace"}
+    assert set(DEGRADATION_MODES) == {"sr", "refine", "kspace", "thick"}
     assert all(isinstance(text, str) and "\n" not in text for text in DEGRADATION_MODES.values())
 
 
