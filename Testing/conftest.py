@@ -77,7 +77,7 @@ def registry_dicom(name: str) -> Path:
     return Path(path)
 
 
-def make_tiny_sr_model(root: Path, grid: int = 64, fit: str = "pad") -> Path:
+def make_tiny_sr_model(root: Path, grid: int = 64, fit: str = "pad", task: str = "sr4") -> Path:
     """A tiny untrained SR model (sr4, ``grid`` x ``grid``, grid ``fit`` "pad" or "tile") in
     ``root/model``: for geometry and plumbing tests, which do not need a trained one. Its autoencoder
     sits in ``root/vae``."""
@@ -105,7 +105,7 @@ def make_tiny_sr_model(root: Path, grid: int = 64, fit: str = "pad") -> Path:
                   autoencoder={"spec": f"monai:{root / 'vae'}", "name": "vae",
                                "weights_sha256": weights_fingerprint(autoencoder), "latent_channels": 2,
                                "downsampling_factor": 4},
-                  latent_stats=stats, task=parse_task("sr4").to_dict(),
+                  latent_stats=stats, task=parse_task(task).to_dict(),
                   grid={"size": [grid, grid], "fit": fit, "lower_percentile": 0.5, "upper_percentile": 99.5},
                   sampling={"sampler": "ddim", "steps": 2})
     return root / "model"

@@ -192,9 +192,11 @@ def _montage(path: Path, slices: dict[str, np.ndarray], scale: int, title: str) 
 
     hr = slices["hr"]
     h, w = hr.shape
-    # the measured pixels: area-averaged back to the low-resolution grid, shown enlarged without smoothing
-    small = slices["lr"][: h - h % scale, : w - w % scale].reshape(h // scale, scale, w // scale, scale).mean((1, 3))
-    lr_pixels = np.kron(small, np.ones((scale, scale)))
+    if "lr_pixels" in slices:  # the measured pixels, shown enlarged without smoothing
+        lr_pixels = slices["lr_pixels"]
+    else:  # an input on the fine grid: area-averaged back to the low-resolution grid
+        small = slices["lr"][: h - h % scale, : w - w % scale].reshape(h // scale, scale, w // scale, scale).mean((1, 3))
+        lr_pixels = np.kron(small, np.ones((scale, scale)))
     error = np.abs(slices["sr"] - hr)
     top = [(lr_pixels, f"LR input ({h // scale}x{w // scale} pixels)"), (slices["lr"], "bicubic"),
            (slices["sr"], "LatentSR"), (hr, "true high resolution")]
@@ -258,6 +260,9 @@ def run_demo(outdir: str | os.PathLike, *, model: str | os.PathLike | None = Non
     """
     from LatentSRLib.inference import SRSettings, super_resolve_volume
     from LatentSRLib.model.folder import load_sr_model
+    import torch
+
+    from LatentSRLib.transforms.grids import upsample
     from LatentSRLib.transforms.slicing import SliceLayout
 
     if case not in DEMO_CASES:
@@ -305,8 +310,19 @@ def run_demo(outdir: str | os.PathLike, *, model: str | os.PathLike | None = Non
             middle = stack[len(stack) // 2][zoom]
             return np.clip((middle - window["lower"]) / width, 0, 1) if windowed else middle
 
-        montage_slices = {name: upright(volume, True) for name, volume in
-                          (("hr", slab), ("lr", result.lr), ("sr", result.sr))}
+        montage_slices = {name: upright(volume, True) for name, volume in (("hr", slab), ("sr", result.sr))}
+        if result.lr.shape == slab.shape:  # a model that keeps the grid: its input is already on it
+            montage_slices["lr"] = upright(result.lr, True)
+        else:  # the measured scan on its coarse grid, and its bicubic up-sampling (the baseline)
+            coarse_layout = SliceLayout.for_image(result.lr, plane)
+            coarse = coarse_layout.extract(np.asarray(result.lr.array, dtype=np.float32))[len(layout.extract(slab.array)) // 2]
+            coarse = (coarse - window["lower"]) / width
+            factor = sr_model.task.scale
+            fine = upsample(torch.from_numpy(np.ascontiguousarray(coarse))[None, None], factor,
+                            size=layout.slice_shape)[0, 0].numpy()
+            montage_slices["lr"] = np.clip(fine, 0, 1)[zoom]
+            montage_slices["lr_pixels"] = np.kron(np.clip(coarse, 0, 1), np.ones((factor, factor)))[
+                : layout.slice_shape[0], : layout.slice_shape[1]][zoom]
         montage_slices["uncertainty"] = upright(result.uncertainty, False) / width
         montage_slices["hallucination"] = upright(result.hallucination, False)
         rows, cols = layout.pixel_spacing

@@ -136,7 +136,8 @@ def _window_for(model: SRModel, image: MedicalImage) -> IntensityWindow:
 
 
 def refines_grid(model: SRModel, same_grid: bool = False) -> bool:
-    """Whether ``model`` writes its output on a finer grid than its input (its task is ``sr``)."""
+    """Whether ``model`` writes its output on a finer grid in-plane than its input (its task is ``sr``;
+    a ``thick`` model refines the slice axis instead)."""
     return model.task.mode == "sr" and model.task.scale > 1 and not same_grid
 
 
@@ -189,6 +190,10 @@ def super_resolve_volume(
     refine = refines_grid(model, same_grid)
     if simulate and reference is not None:
         raise InputError("give either a reference or simulate, not both", image.path)
+    if task.mode == "thick" and not same_grid:
+        return _through_plane(model, image, plane=plane, settings=settings, reference=reference, mask=mask,
+                              simulate=simulate, device=torch_device, progress=progress, cancelled=cancelled,
+                              started=started)
 
     if simulate:  # the truth: make the measurement from it with the training pairs' operator
         reference = image
@@ -221,69 +226,12 @@ def super_resolve_volume(
     if mask is not None and reference is None:
         raise InputError("region metrics need a reference (or --simulate-scale)", mask.path)
 
-    grid_info = model.config.get("grid", {})
-    tile = tuple(int(v) for v in grid_info.get("size", (256, 256)))
-    tile_overlap = float(grid_info.get("tile_overlap", 0.25))
+    tile = tuple(int(v) for v in model.config.get("grid", {}).get("size", (256, 256)))
     grid = ModelGrid(tile, fit="tile")  # native pixel pitch: pad to whole latent pixels, never resize
-    n = lr_fine.shape[0]
-    sr_slices = np.zeros_like(lr_fine)
-    std_slices = np.zeros_like(lr_fine)
-    consistency_slices = np.zeros_like(lr_fine)
-    done_mask = np.zeros(n, dtype=bool)
-
-    def tiled_mean_std(lr_model: torch.Tensor, rows: list[int], tiles_per_batch: int):
-        from monai.inferers import SlidingWindowInferer
-
-        inferer = SlidingWindowInferer(tile, sw_batch_size=tiles_per_batch, overlap=tile_overlap,
-                                       mode="gaussian", with_coord=True)
-        stride = tuple(max(1, int(s * (1 - tile_overlap))) for s in tile)  # as MONAI steps its windows
-        total = len(tile_windows(tuple(lr_model.shape[-2:]), tile, stride))
-        means, stds = [], []
-        for row, one in zip(rows, lr_model):
-            finished = [0]
-
-            def predict(tiles: torch.Tensor, locations) -> torch.Tensor:
-                # a radiograph is one slice of many tiles: cancel and report between tile batches
-                if cancelled is not None and cancelled():
-                    raise Cancelled("cancelled")
-                keys = [_tile_key(row, int(where[-2].start), int(where[-1].start)) for where in locations]
-                out = torch.cat(_mean_std(model, tiles, keys, settings), dim=1)
-                finished[0] += len(tiles)
-                if progress is not None and total > 1:
-                    progress((int(done_mask.sum()) + finished[0] / total) / n,
-                             f"slice {int(done_mask.sum()) + 1}/{n}: {finished[0]}/{total} tiles")
-                return out
-
-            blended = inferer(one[None], predict)
-            means.append(blended[:, :1])
-            stds.append(blended[:, 1:])
-        return torch.cat(means), torch.cat(stds)
-
-    def work(rows):
-        if cancelled is not None and cancelled():
-            raise Cancelled("cancelled")
-        rows = list(rows)
-        lr_model = grid.to_model(lr_fine[rows]).clamp(0, 1)[:, None].to(torch_device)
-        with torch.inference_mode(), autocast_for(torch_device, settings.autocast):
-            mean, std = tiled_mean_std(lr_model, rows, len(rows))
-            if settings.data_consistency:
-                mean = data_consistent(mean, lr_model, task)
-            disagreement = consistency_map(mean, lr_model, task)
-        back = [grid.from_model(x[:, 0].float().cpu(), layout.slice_shape).numpy() for x in (mean, std, disagreement)]
-        return rows, back
-
-    def done(rows, result):
-        rows, (mean, std, disagreement) = result
-        sr_slices[rows] = np.clip(mean, 0, 1)
-        std_slices[rows] = std
-        consistency_slices[rows] = disagreement
-        done_mask[rows] = True
-        if progress is not None:
-            finished = int(done_mask.sum())
-            progress(finished / n, f"{finished}/{n} slices")
-
     batch_size = settings.batch_size or default_batch_size(torch_device, tile[0] * tile[1])
-    final_batch = run_in_batches(list(range(n)), batch_size, work, done)
+    n = lr_fine.shape[0]
+    sr_slices, std_slices, consistency_slices, final_batch = _sample_slices(
+        model, lr_fine, settings, torch_device, grid, batch_size, progress, cancelled, task_for_dc=task)
 
     width = float(window.upper - window.lower)
     sr_array = window.invert(layout.assemble(sr_slices))
@@ -322,6 +270,76 @@ def super_resolve_volume(
         result.difference, result.hallucination = review.difference, review.hallucination
         result.metrics["reference"] = review.metrics
     return result
+
+
+def _sample_slices(model: SRModel, lr_fine: np.ndarray, settings: SRSettings, device: torch.device, grid: ModelGrid,
+                   batch_size: int, progress: ProgressCallback | None, cancelled: Callable[[], bool] | None, *,
+                   key_offset: int = 0, task_for_dc=None):
+    """``(N, H, W)`` LR slices on the fine grid in [0, 1] -> SR mean, std and consistency slices (same
+    shape; consistency zeros without ``task_for_dc``, which also enables the data-consistency step),
+    and the final batch size. Each slice goes through the sliding window at its own pixel pitch."""
+    from monai.inferers import SlidingWindowInferer
+
+    tile = tuple(grid.size)
+    tile_overlap = float(model.config.get("grid", {}).get("tile_overlap", 0.25))
+    n = lr_fine.shape[0]
+    sr_slices = np.zeros_like(lr_fine)
+    std_slices = np.zeros_like(lr_fine)
+    consistency_slices = np.zeros_like(lr_fine)
+    done_mask = np.zeros(n, dtype=bool)
+
+    def tiled_mean_std(lr_model: torch.Tensor, rows: list[int], tiles_per_batch: int):
+        inferer = SlidingWindowInferer(tile, sw_batch_size=tiles_per_batch, overlap=tile_overlap,
+                                       mode="gaussian", with_coord=True)
+        stride = tuple(max(1, int(s * (1 - tile_overlap))) for s in tile)  # as MONAI steps its windows
+        total = len(tile_windows(tuple(lr_model.shape[-2:]), tile, stride))
+        means, stds = [], []
+        for row, one in zip(rows, lr_model):
+            finished = [0]
+
+            def predict(tiles: torch.Tensor, locations) -> torch.Tensor:
+                # a radiograph is one slice of many tiles: cancel and report between tile batches
+                if cancelled is not None and cancelled():
+                    raise Cancelled("cancelled")
+                keys = [_tile_key(row + key_offset, int(where[-2].start), int(where[-1].start)) for where in locations]
+                out = torch.cat(_mean_std(model, tiles, keys, settings), dim=1)
+                finished[0] += len(tiles)
+                if progress is not None and total > 1:
+                    progress((int(done_mask.sum()) + finished[0] / total) / n,
+                             f"slice {int(done_mask.sum()) + 1}/{n}: {finished[0]}/{total} tiles")
+                return out
+
+            blended = inferer(one[None], predict)
+            means.append(blended[:, :1])
+            stds.append(blended[:, 1:])
+        return torch.cat(means), torch.cat(stds)
+
+    def work(rows):
+        if cancelled is not None and cancelled():
+            raise Cancelled("cancelled")
+        rows = list(rows)
+        lr_model = grid.to_model(lr_fine[rows]).clamp(0, 1)[:, None].to(device)
+        with torch.inference_mode(), autocast_for(device, settings.autocast):
+            mean, std = tiled_mean_std(lr_model, rows, len(rows))
+            if task_for_dc is not None and settings.data_consistency:
+                mean = data_consistent(mean, lr_model, task_for_dc)
+            disagreement = consistency_map(mean, lr_model, task_for_dc) if task_for_dc is not None else torch.zeros_like(mean)
+        shape = tuple(lr_fine.shape[-2:])
+        back = [grid.from_model(x[:, 0].float().cpu(), shape).numpy() for x in (mean, std, disagreement)]
+        return rows, back
+
+    def done(rows, result):
+        rows, (mean, std, disagreement) = result
+        sr_slices[rows] = np.clip(mean, 0, 1)
+        std_slices[rows] = std
+        consistency_slices[rows] = disagreement
+        done_mask[rows] = True
+        if progress is not None:
+            finished = int(done_mask.sum())
+            progress(finished / n, f"{finished}/{n} slices")
+
+    final_batch = run_in_batches(list(range(n)), batch_size, work, done)
+    return sr_slices, std_slices, consistency_slices, final_batch
 
 
 def pixel_size_warnings(model: SRModel, output_pixel: tuple[float, float]) -> list[str]:
@@ -392,3 +410,141 @@ def simulate_measurement(task, hr_slices: np.ndarray, reference: MedicalImage, l
     if lr is None:
         lr = reference.with_array(window.invert(layout.assemble(lr_fine)), degradation=task.to_dict())
     return lr_fine, lr
+
+
+# ------------------------------------------------------------------------------------- through-plane
+def _rows_along(layout: SliceLayout, axis: int) -> bool:
+    """Whether the slices' rows (True) or columns (False) run along array ``axis``."""
+    if layout.axes[1] == axis:
+        return True
+    if layout.axes[2] == axis:
+        return False
+    raise ValueError(f"array axis {axis} does not lie in the {layout.plane} plane")
+
+
+def _thick_axis_slices(layout: SliceLayout, array: np.ndarray, axis: int) -> np.ndarray:
+    """Upright slices with the thick axis on the rows (transposed when it runs along the columns)."""
+    slices = layout.extract(array)
+    return np.ascontiguousarray(slices if _rows_along(layout, axis) else slices.transpose(0, 2, 1))
+
+
+def _assemble_thick(layout: SliceLayout, slices: np.ndarray, axis: int) -> np.ndarray:
+    return layout.assemble(slices if _rows_along(layout, axis) else np.ascontiguousarray(slices.transpose(0, 2, 1)))
+
+
+def _through_plane(model: SRModel, image: MedicalImage, *, plane: str, settings: SRSettings,
+                   reference: MedicalImage | None, mask: MedicalImage | None, simulate: bool, device: torch.device,
+                   progress: ProgressCallback | None, cancelled: Callable[[], bool] | None,
+                   started: float) -> VolumeResult:
+    """A ``thick`` model: refine the slice axis of a thick-slice volume.
+
+    The thick axis is the array axis with the largest spacing (with ``simulate``: the normal of
+    ``plane``). The output grid is ``s`` times finer along it (same field of view). The slices of
+    both orthogonal planes that contain the thick axis are super-resolved (the thick axis on their
+    rows, as in training), each brought up along it with the grid's one bicubic; the two results are
+    averaged, and their disagreement is added to the sampling variance in the uncertainty map.
+    """
+    from LatentSRLib.transforms.thick import thick_downsample
+
+    task = model.task
+    scale = int(task.scale)
+    profile = task.options.get("profile", "gaussian")
+    if image.ndim != 3:
+        raise InputError("a thick-slice model needs a volume", image.path)
+    if simulate:
+        reference = image
+        axis = image.array_axis_for_plane(plane)
+        window = _window_for(model, reference)
+        hr = np.asarray(window.apply(reference.array), dtype=np.float32)
+        moved = torch.from_numpy(np.ascontiguousarray(np.moveaxis(hr, axis, 0)))  # thick axis first
+        flat = moved.reshape(moved.shape[0], 1, 1, -1).permute(2, 1, 0, 3)  # (1, 1, N, rest): rows = thick axis
+        coarse = thick_downsample(flat, scale, profile)[0, 0].numpy().reshape(-1, *moved.shape[1:])
+        coarse_array = np.moveaxis(coarse, 0, axis)
+        lr = _with_headers(coarse_image(reference, [axis], scale), reference)
+        lr = lr.with_array(window.invert(coarse_array), degradation=task.to_dict())
+        coarse_windowed = coarse_array  # unclipped, as the training pairs' coarse rows
+        out_grid = reference
+    else:
+        lr = image
+        axis = int(np.argmax(list(reversed(lr.spacing))))  # array axis with the largest spacing
+        window = _window_for(model, lr)
+        coarse_windowed = np.asarray(window.apply(lr.array), dtype=np.float32)
+        fine_shape = tuple(n * scale if a == axis else n for a, n in enumerate(lr.shape))
+        out_grid = _with_headers(fine_image(lr, [axis], scale, np.zeros(fine_shape, dtype=lr.array.dtype)), lr)
+    for other, what in ((reference, "reference"), (mask, "mask")):
+        if other is not None and not out_grid.has_same_geometry(other):
+            raise InputError(f"the {what} is not on the SR grid (shape {other.shape} vs {out_grid.shape}, spacing "
+                             f"{_mm(other.spacing)} vs {_mm(out_grid.spacing)}); resample it first", other.path)
+    if mask is not None and reference is None:
+        raise InputError("region metrics need a reference (or --simulate-scale)", mask.path)
+    planes = [p for p in ("axial", "coronal", "sagittal") if out_grid.array_axis_for_plane(p) != axis]
+    if len(planes) != 2:
+        raise InputError("cannot tell the two planes that contain the thick axis (an oblique volume?)", image.path)
+    tile = tuple(int(v) for v in model.config.get("grid", {}).get("size", (256, 256)))
+    grid = ModelGrid(tile, fit="tile")
+    means, variances, fused_layout, lr_fine_first = [], [], None, None
+    batch_size = settings.batch_size or default_batch_size(device, tile[0] * tile[1])
+    for number, name in enumerate(planes):
+        coarse_layout = SliceLayout.for_image(lr, name)
+        fine_layout = SliceLayout.for_image(out_grid, name)
+        coarse_slices = _thick_axis_slices(coarse_layout, np.asarray(coarse_windowed, dtype=np.float32), axis)
+        height = out_grid.shape[axis]
+        fine = upsample(torch.from_numpy(coarse_slices)[:, None], scale, dims=(-2,),
+                        size=(height, coarse_slices.shape[-1]))[:, 0].numpy()
+        ranges = coarse_slices if not simulate else _thick_axis_slices(fine_layout, hr, axis)
+        lr_fine = np.clip(np.clip(fine, ranges.min(axis=(1, 2), keepdims=True), ranges.max(axis=(1, 2), keepdims=True)),
+                          0, 1).astype(np.float32)
+
+        def report(fraction: float, message: str, number=number, name=name) -> None:
+            if progress is not None:
+                progress((number + fraction) / len(planes), f"{name}: {message}")
+
+        mean, std, _, batch_size = _sample_slices(model, lr_fine, settings, device, grid, batch_size, report, cancelled,
+                                                  key_offset=number * 1_000_000)
+        means.append(_assemble_thick(fine_layout, mean, axis))
+        variances.append(_assemble_thick(fine_layout, std**2, axis))
+        if fused_layout is None:
+            fused_layout, lr_fine_first = fine_layout, lr_fine
+    fused = np.mean(means, axis=0)
+    # the total variance of a mixture of the two planes' sample sets: mean variance + spread of the means
+    uncertainty = np.sqrt(np.mean(variances, axis=0) + np.var(means, axis=0)).astype(np.float32)
+    sr_slices = _thick_axis_slices(fused_layout, fused, axis)
+    sr_tensor = torch.from_numpy(np.ascontiguousarray(sr_slices))[:, None]
+    lr_tensor = torch.from_numpy(lr_fine_first)[:, None]
+    if settings.data_consistency:
+        sr_tensor = data_consistent(sr_tensor, lr_tensor, task)
+    disagreement = consistency_map(sr_tensor.clamp(0, 1), lr_tensor, task)[:, 0].numpy()
+    sr_slices = np.clip(sr_tensor[:, 0].numpy(), 0, 1)
+    width = float(window.upper - window.lower)
+    as_float = {"source_dtype": "float32"}
+    result = VolumeResult(
+        sr=out_grid.with_array(window.invert(_assemble_thick(fused_layout, sr_slices, axis)),
+                               latentsr_output="super-resolved", model=str(model.folder)),
+        uncertainty=out_grid.with_array((uncertainty * width).astype(np.float32),
+                                        latentsr_output="uncertainty (std across samples and planes)", **as_float),
+        consistency=out_grid.with_array((_assemble_thick(fused_layout, disagreement, axis) * width).astype(np.float32),
+                                        latentsr_output="data consistency |A(SR) - LR|", **as_float),
+        lr=lr,
+    )
+    seconds = time.perf_counter() - started
+    spacing = [float(v) for v in out_grid.spacing]
+    result.metrics = {
+        "model": str(model.folder), "task": task.to_dict(), "plane": "+".join(planes), "slices": int(sum(
+            out_grid.shape[out_grid.array_axis_for_plane(p)] for p in planes)),
+        "thick_axis_spacing": [float(list(reversed(lr.spacing))[axis]), float(list(reversed(out_grid.spacing))[axis])],
+        "input_grid": {"shape": list(lr.shape), "spacing": [float(v) for v in lr.spacing]},
+        "output_grid": {"shape": list(out_grid.shape), "spacing": spacing},
+        "refined_grid": True, "settings": settings.to_dict(), "device": str(device), "batch_size": batch_size,
+        "seconds": round(seconds, 3), "window": {"lower": window.lower, "upper": window.upper},
+        "simulated": bool(simulate), "consistency_mean": float(disagreement.mean()),
+        "warnings": pixel_size_warnings(model, tuple(sorted(spacing)[:2])),
+    }
+    if reference is not None:
+        upright = _rows_along(fused_layout, axis)  # the review works on the layout's own slice orientation
+        as_layout = (lambda s: s) if upright else (lambda s: np.ascontiguousarray(s.transpose(0, 2, 1)))
+        review = reference_review(model, as_layout(lr_fine_first), reference, mask, window, fused_layout, grid,
+                                  as_layout(sr_slices), device, batch_size=settings.batch_size or 4,
+                                  autocast=settings.autocast)
+        result.difference, result.hallucination = review.difference, review.hallucination
+        result.metrics["reference"] = review.metrics
+    return result
