@@ -289,6 +289,10 @@ def _sample_slices(model: SRModel, lr_fine: np.ndarray, settings: SRSettings, de
     done_mask = np.zeros(n, dtype=bool)
 
     def tiled_mean_std(lr_model: torch.Tensor, rows: list[int], tiles_per_batch: int):
+        if tuple(lr_model.shape[-2:]) == tile:
+            # slices of one tile: the sliding window would run that one window at (0, 0), one slice at a
+            # time; the same tiles (same keys, same noise) go through the sampler as one batch instead
+            return _mean_std(model, lr_model, [_tile_key(row + key_offset, 0, 0) for row in rows], settings)
         inferer = SlidingWindowInferer(tile, sw_batch_size=tiles_per_batch, overlap=tile_overlap,
                                        mode="gaussian", with_coord=True)
         stride = tuple(max(1, int(s * (1 - tile_overlap))) for s in tile)  # as MONAI steps its windows
