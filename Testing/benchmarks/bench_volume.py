@@ -103,7 +103,7 @@ def main() -> None:
 
         settings = SRSettings(steps=args.steps, batch_size=args.batch_size)
         started = time.perf_counter()
-        result = super_resolve_volume(model, volume, settings=settings, device=device)
+        result = super_resolve_volume(model, volume, settings=settings, same_grid=True, device=device)
         synchronise(device)
         engine = time.perf_counter() - started
         print(f"naive loop : {args.slices / naive:8.2f} slices/s  ({naive:.2f} s)")
@@ -117,7 +117,8 @@ def main() -> None:
             for steps in (16, 100):
                 synchronise(device)
                 started = time.perf_counter()
-                super_resolve_volume(model, full, settings=SRSettings(steps=steps, batch_size=args.batch_size), device=device)
+                super_resolve_volume(model, full, settings=SRSettings(steps=steps, batch_size=args.batch_size),
+                                     same_grid=True, device=device)
                 synchronise(device)
                 print(f"155-slice volume, {steps:3d} steps: {time.perf_counter() - started:.2f} s")
 
