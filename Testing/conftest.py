@@ -109,3 +109,23 @@ def make_tiny_sr_model(root: Path, grid: int = 64, fit: str = "pad", task: str =
                   grid={"size": [grid, grid], "fit": fit, "lower_percentile": 0.5, "upper_percentile": 99.5},
                   sampling={"sampler": "ddim", "steps": 2})
     return root / "model"
+
+
+class ConditionEcho(torch.nn.Module):
+    """An x0-predicting denoiser that answers the condition: DDIM's last step returns it exactly."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        return condition
+
+
+def install_pooling_model(model, monkeypatch, decode_mode: str = "nearest"):
+    """Replace ``model``'s latent path by 4x average pooling and 4x up-sampling (``decode_mode``): SR ~ LR,
+    so where a bright voxel ends up tests the grids, slicing and re-assembly, not the untrained networks."""
+    import torch.nn.functional as F
+
+    channels = model.autoencoder.latent_channels
+    monkeypatch.setattr(model.autoencoder, "encode", lambda x, **kw: F.avg_pool2d(x, 4).repeat(1, channels, 1, 1))
+    monkeypatch.setattr(model.autoencoder, "decode",
+                        lambda z: F.interpolate(z[:, :1], scale_factor=4, mode=decode_mode).clamp(0, 1))
+    monkeypatch.setattr(model, "denoiser", ConditionEcho())
+    return model

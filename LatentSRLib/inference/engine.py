@@ -213,7 +213,7 @@ def super_resolve_volume(
         axes = _in_plane_axes(coarse_layout)
         if refine:
             fine_shape = tuple(n * scale if a in axes else n for a, n in enumerate(lr.shape))
-            out_grid = _with_headers(fine_image(lr, axes, scale, np.zeros(fine_shape, dtype=lr.array.dtype)), lr)
+            out_grid = fine_image(lr, axes, scale, np.zeros(fine_shape, dtype=lr.array.dtype))
         else:
             out_grid = lr
         layout = SliceLayout.for_image(out_grid, plane)
@@ -367,12 +367,6 @@ def _in_plane_axes(layout: SliceLayout) -> tuple[int, int]:
     return (0, 1) if layout.plane == "image" else (layout.axes[1], layout.axes[2])
 
 
-def _with_headers(grid: MedicalImage, source: MedicalImage) -> MedicalImage:
-    import dataclasses
-
-    return dataclasses.replace(grid, dicom_headers=source.dicom_headers)
-
-
 def _upsampled(coarse: np.ndarray, scale: int, size: tuple[int, int], range_of: np.ndarray | None = None) -> np.ndarray:
     """``(N, h, w)`` windowed coarse slices -> ``(N, *size)`` on the fine grid (the grid's one bicubic),
     each slice clipped to the range of its slice in ``range_of`` (default: the coarse slice) as the
@@ -403,7 +397,6 @@ def simulate_measurement(task, hr_slices: np.ndarray, reference: MedicalImage, l
         coarse_layout = SliceLayout.for_image(coarse_grid, layout.plane if layout.plane != "image" else "axial")
         lr_array = window.invert(coarse_layout.assemble(coarse))
         lr = coarse_grid.with_array(lr_array, degradation=task.to_dict())
-        lr = _with_headers(lr, reference)
     else:
         lr_fine = np.clip(np.asarray(task_degradation(task, noise=False)(hr))[:, 0], 0, 1).astype(np.float32)
         lr = None
@@ -448,7 +441,7 @@ def _through_plane(model: SRModel, image: MedicalImage, *, plane: str, settings:
     rows, as in training), each brought up along it with the grid's one bicubic; the two results are
     averaged, and their disagreement is added to the sampling variance in the uncertainty map.
     """
-    from LatentSRLib.transforms.thick import thick_downsample
+    from LatentSRLib.transforms.thick import thick_volume
 
     task = model.task
     scale = int(task.scale)
@@ -460,12 +453,8 @@ def _through_plane(model: SRModel, image: MedicalImage, *, plane: str, settings:
         axis = image.array_axis_for_plane(plane)
         window = _window_for(model, reference)
         hr = np.asarray(window.apply(reference.array), dtype=np.float32)
-        moved = torch.from_numpy(np.ascontiguousarray(np.moveaxis(hr, axis, 0)))  # thick axis first
-        flat = moved.reshape(moved.shape[0], 1, 1, -1).permute(2, 1, 0, 3)  # (1, 1, N, rest): rows = thick axis
-        coarse = thick_downsample(flat, scale, profile)[0, 0].numpy().reshape(-1, *moved.shape[1:])
-        coarse_array = np.moveaxis(coarse, 0, axis)
-        lr = _with_headers(coarse_image(reference, [axis], scale), reference)
-        lr = lr.with_array(window.invert(coarse_array), degradation=task.to_dict())
+        coarse_array = thick_volume(hr, axis, scale, profile)
+        lr = coarse_image(reference, [axis], scale).with_array(window.invert(coarse_array), degradation=task.to_dict())
         coarse_windowed = coarse_array  # unclipped, as the training pairs' coarse rows
         out_grid = reference
     else:
@@ -474,7 +463,7 @@ def _through_plane(model: SRModel, image: MedicalImage, *, plane: str, settings:
         window = _window_for(model, lr)
         coarse_windowed = np.asarray(window.apply(lr.array), dtype=np.float32)
         fine_shape = tuple(n * scale if a == axis else n for a, n in enumerate(lr.shape))
-        out_grid = _with_headers(fine_image(lr, [axis], scale, np.zeros(fine_shape, dtype=lr.array.dtype)), lr)
+        out_grid = fine_image(lr, [axis], scale, np.zeros(fine_shape, dtype=lr.array.dtype))
     for other, what in ((reference, "reference"), (mask, "mask")):
         if other is not None and not out_grid.has_same_geometry(other):
             raise InputError(f"the {what} is not on the SR grid (shape {other.shape} vs {out_grid.shape}, spacing "

@@ -47,13 +47,15 @@ def _regrid(image: MedicalImage, array_axes: Sequence[int], factor: float, shape
         old = spacing[d]
         spacing[d] = old * factor
         origin = origin + image.direction[:, d] * (spacing[d] - old) / 2.0
+    # the source's DICOM headers stay: a series written on the new grid belongs to the source's study
+    # (the writer takes patient and study from them, the geometry from the grid)
     return MedicalImage(np.zeros(shape, dtype=np.float32), tuple(spacing), tuple(origin), image.direction.copy(),
-                        metadata=dict(image.metadata), path=image.path)
+                        metadata=dict(image.metadata), path=image.path, dicom_headers=image.dicom_headers)
 
 
 def fine_image(coarse: MedicalImage, array_axes: Sequence[int], scale: int, array: np.ndarray | None = None) -> MedicalImage:
     """The fine grid of ``coarse`` (``scale`` times finer along ``array_axes``), holding ``array``
-    (zeros when None). DICOM headers are dropped: they describe the coarse slices."""
+    (zeros when None)."""
     shape = tuple(n * scale if a in array_axes else n for a, n in enumerate(coarse.shape))
     grid = _regrid(coarse, array_axes, 1.0 / scale, shape)
     return grid if array is None else grid.with_array(np.asarray(array))

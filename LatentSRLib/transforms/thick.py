@@ -29,7 +29,6 @@ clinical thick-slice series would be stored (``latentsr degrade --mode thick``).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
 
@@ -129,6 +128,14 @@ def _noise_step(sigma: float, kind: str, seed: int | None):
     return step
 
 
+def thick_volume(volume: np.ndarray, axis: int, scale: int, profile: str = "gaussian") -> np.ndarray:
+    """A float32 volume's thick slices along array ``axis`` (:func:`thick_downsample` on every line
+    along it): ``coarse_size(n, scale)`` slices there, the other axes unchanged. Not clipped."""
+    moved = np.moveaxis(np.asarray(volume, dtype=np.float32), axis, 1)  # (other, thick, other): rows = thick
+    thick = thick_downsample(torch.from_numpy(np.ascontiguousarray(moved))[:, None], scale, profile)
+    return np.ascontiguousarray(np.moveaxis(thick[:, 0].numpy(), 1, axis))
+
+
 def simulate_thick_slices(
     image: MedicalImage,
     scale: int,
@@ -180,18 +187,14 @@ def simulate_thick_slices(
         raise InputError(f"cannot simulate thick slices ({exc})", image.path) from None
     # min-max window (no clipping) so that the round trip to [0,1] and back is exact
     windowed, window = PercentileWindow(lower_percentile=0.0, upper_percentile=100.0, clip=False)(image.array)
-    volume = np.moveaxis(np.asarray(windowed, dtype=np.float32), axis, 1)  # (other, thick, other): rows = thick
-    batch = torch.from_numpy(np.ascontiguousarray(volume))[:, None]
-    thick = thick_downsample(batch, scale, profile)
-    if noise_step is not None:
-        thick = torch.as_tensor(noise_step(thick), dtype=torch.float32)
-    coarse = np.moveaxis(thick[:, 0].numpy(), 1, axis)
+    coarse = thick_volume(np.asarray(windowed, dtype=np.float32), axis, scale, profile)
+    if noise_step is not None:  # drawn in thick_volume's (other, 1, thick, other) layout, line by line
+        lines = torch.from_numpy(np.ascontiguousarray(np.moveaxis(coarse, axis, 1)))[:, None]
+        noisy = torch.as_tensor(noise_step(lines), dtype=torch.float32)[:, 0].numpy()
+        coarse = np.moveaxis(noisy, 1, axis)
     restored = window.invert(np.ascontiguousarray(coarse))
     out = coarse_image(image, [axis], scale, restored)
     degradation = {"mode": "thick", "scale": scale, "profile": profile, "noise": noise, "seed": seed, "plane": plane}
     if noise > 0:
         degradation["noise_kind"] = noise_kind
-    out = out.with_array(out.array, degradation=degradation)
-    # the source's DICOM headers keep a derived series in the source's study (the writer takes
-    # patient and study from them and the geometry from the coarse grid)
-    return dataclasses.replace(out, dicom_headers=image.dicom_headers)
+    return out.with_array(out.array, degradation=degradation)

@@ -18,7 +18,7 @@ from LatentSRLib.transforms.degradations import task_degradation
 from LatentSRLib.io import MedicalImage, read_image
 from LatentSRLib.model.folder import load_sr_model
 from LatentSRLib.transforms.tasks import parse_task
-from conftest import make_tiny_sr_model
+from conftest import install_pooling_model, make_tiny_sr_model
 
 GRID = 64
 
@@ -31,26 +31,6 @@ def model_folder(tmp_path_factory):
 @pytest.fixture()
 def model(model_folder):
     return load_sr_model(model_folder)
-
-
-class ConditionEcho(torch.nn.Module):
-    def forward(self, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        return condition
-
-
-class PoolingModel:
-    """Replace the latent path by average pooling and nearest up-sampling: SR ~ LR, so where a bright
-    voxel ends up tests the slicing and re-assembly, not the (untrained) networks."""
-
-    @staticmethod
-    def install(model, monkeypatch):
-        channels = model.autoencoder.latent_channels
-        monkeypatch.setattr(model.autoencoder, "encode",
-                            lambda x, **kw: F.avg_pool2d(x, 4).repeat(1, channels, 1, 1))
-        monkeypatch.setattr(model.autoencoder, "decode",
-                            lambda z: F.interpolate(z[:, :1], scale_factor=4, mode="nearest").clamp(0, 1))
-        # an x0-predicting denoiser that answers the condition: DDIM's last step returns it exactly
-        monkeypatch.setattr(model, "denoiser", ConditionEcho())
 
 
 def small_volume(direction: np.ndarray, shape=(20, 24, 28), spacing=(1.0, 1.2, 1.5)) -> MedicalImage:
@@ -69,7 +49,7 @@ def oblique() -> np.ndarray:
 @pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0]), oblique()], ids=["LPS", "RAS", "oblique"])
 @pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
 def test_output_overlays_the_input(model, monkeypatch, direction, plane):
-    PoolingModel.install(model, monkeypatch)
+    install_pooling_model(model, monkeypatch)
     image = small_volume(direction)
     result = super_resolve_volume(model, image, same_grid=True, plane=plane, settings=SRSettings(batch_size=8), device="cpu")
     for output in result.outputs().values():
@@ -95,7 +75,7 @@ def radiograph_like(shape=(90, 75)) -> MedicalImage:
 
 def test_tile_model_keeps_native_pixels_and_blends_tiles(tile_model_folder, monkeypatch):
     model = load_sr_model(tile_model_folder)
-    PoolingModel.install(model, monkeypatch)
+    install_pooling_model(model, monkeypatch)
     image = radiograph_like()
     result = super_resolve_volume(model, image, same_grid=True, settings=SRSettings(batch_size=2), device="cpu")
     for output in result.outputs().values():

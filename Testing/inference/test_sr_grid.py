@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 from LatentSRLib.data.dataset import PreparedDataset, SplitRule, prepare_dataset
 from LatentSRLib.data.slice_source import SliceSelection
@@ -18,14 +16,9 @@ from LatentSRLib.model.folder import load_sr_model
 from LatentSRLib.transforms.intensity import PercentileWindow
 from LatentSRLib.transforms.slicing import SliceLayout
 from LatentSRLib.transforms.tasks import parse_task
-from conftest import make_tiny_sr_model
+from conftest import install_pooling_model, make_tiny_sr_model
 
 S = 4
-
-
-class ConditionEcho(torch.nn.Module):
-    def forward(self, x, t, condition):
-        return condition
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +30,7 @@ def model_folder(tmp_path_factory):
 def pooling_model(model_folder, monkeypatch):
     """The latent path replaced by 4x average pooling and nearest up-sampling (SR ~ the LR on the
     fine grid), so where a marker lands tests the grids, not the untrained networks."""
-    model = load_sr_model(model_folder)
-    channels = model.autoencoder.latent_channels
-    monkeypatch.setattr(model.autoencoder, "encode", lambda x, **kw: F.avg_pool2d(x, 4).repeat(1, channels, 1, 1))
-    monkeypatch.setattr(model.autoencoder, "decode",
-                        lambda z: F.interpolate(z[:, :1], scale_factor=4, mode="nearest").clamp(0, 1))
-    monkeypatch.setattr(model, "denoiser", ConditionEcho())
-    return model
+    return install_pooling_model(load_sr_model(model_folder), monkeypatch)
 
 
 def oblique() -> np.ndarray:

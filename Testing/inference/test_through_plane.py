@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 from LatentSRLib.inference import SRSettings, super_resolve_volume
 from LatentSRLib.io import MedicalImage, read_image, write_image
 from LatentSRLib.model.folder import load_sr_model
-from conftest import make_tiny_sr_model
-
-
-class ConditionEcho(torch.nn.Module):
-    def forward(self, x, t, condition):
-        return condition
+from conftest import install_pooling_model, make_tiny_sr_model
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +19,7 @@ def thick_folder(tmp_path_factory):
 
 @pytest.fixture()
 def pooling_thick(thick_folder, monkeypatch):
-    model = load_sr_model(thick_folder)
-    channels = model.autoencoder.latent_channels
-    monkeypatch.setattr(model.autoencoder, "encode", lambda x, **kw: F.avg_pool2d(x, 4).repeat(1, channels, 1, 1))
-    monkeypatch.setattr(model.autoencoder, "decode",
-                        lambda z: F.interpolate(z[:, :1], scale_factor=4, mode="bicubic").clamp(0, 1))
-    monkeypatch.setattr(model, "denoiser", ConditionEcho())
-    return model
+    return install_pooling_model(load_sr_model(thick_folder), monkeypatch, decode_mode="bicubic")
 
 
 def thick_volume(direction: np.ndarray) -> MedicalImage:
