@@ -8,26 +8,36 @@ printed as one line each.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import warnings
 from collections.abc import Sequence
 
 from LatentSRLib import __version__
 from LatentSRLib.errors import LatentSRError
-from LatentSRLib.cli import degrade, demo, info, package, prepare, screen, sr
 
-SUBCOMMANDS = (demo, info, degrade, screen, prepare, sr, package)
+#: the subcommand modules, in the order ``--help`` lists them (imported by :func:`build_parser`, inside
+#: :func:`main`'s error handling: a Ctrl-C even during start-up ends in one line, not a traceback)
+SUBCOMMANDS = ("demo", "info", "degrade", "screen", "prepare", "sr", "package")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``latentsr sr: error: argument --steps: ...``)
+    with a pointer to ``--help`` on the same line, instead of argparse's usage block."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="latentsr",
         description="Latent-diffusion super-resolution for medical images.",
     )
     parser.add_argument("--version", action="version", version=f"latentsr {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in SUBCOMMANDS:
-        module.register(subparsers)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(subparsers)
     return parser
 
 
@@ -36,17 +46,18 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     previous = warnings.showwarning
     warnings.showwarning = _print_warning
+    command = "latentsr"
     try:
+        args = build_parser().parse_args(argv)
+        command = f"latentsr {args.command}"
         return int(args.run(args) or 0)
     except LatentSRError as exc:
-        print(f"latentsr {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"latentsr {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
     finally:
         warnings.showwarning = previous

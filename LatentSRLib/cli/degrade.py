@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from LatentSRLib.io import output_format, read_image, refuse_overwriting_inputs, write_image
+from LatentSRLib.cli.options import non_negative_float, non_negative_int, positive_int
+from LatentSRLib.io import check_writable, output_format, read_image, refuse_overwriting_inputs, write_image
 from LatentSRLib.transforms.tasks import DEGRADATION_MODES
 
 
@@ -23,15 +24,15 @@ def register(subparsers) -> None:
     parser.add_argument("input", metavar="INPUT", help="image file or DICOM series folder")
     parser.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                         help="output file (format from its extension) or folder (DICOM series)")
-    parser.add_argument("--scale", type=int, default=4, help="integer resolution factor (default 4)")
+    parser.add_argument("--scale", type=positive_int, default=4, help="integer resolution factor (default 4)")
     parser.add_argument("--mode", choices=sorted(DEGRADATION_MODES), default="sr", help="degradation (default sr)")
-    parser.add_argument("--noise", type=float, default=0.0, metavar="SIGMA",
+    parser.add_argument("--noise", type=non_negative_float, default=0.0, metavar="SIGMA",
                         help="noise standard deviation as a fraction of the intensity range (default 0)")
     parser.add_argument("--noise-kind", choices=("gaussian", "rician"), default="gaussian",
                         help="noise distribution (rician for magnitude MRI)")
     parser.add_argument("--taper", choices=("none", "hamming", "tukey"), default="none",
                         help="k-space mode: window over the kept frequencies (reduces ringing)")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the noise")
+    parser.add_argument("--seed", type=non_negative_int, default=None, help="seed of the noise")
     parser.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default="axial",
                         help="plane whose slices are degraded in-plane (volumes only; default axial); "
                         "thick mode: the plane of the thick slices, degraded along its normal")
@@ -49,7 +50,12 @@ def run(args: argparse.Namespace) -> int:
     if fmt is None and output.suffix == "" and not output.is_file():
         fmt = "dicom"  # an extension-less output is a folder: write a DICOM series there
     output_format(output, fmt)  # fail on a bad output name before the work, not after
+    if not Path(args.input).exists():
+        from LatentSRLib.errors import InputError
+
+        raise InputError("no such file or folder", args.input)
     refuse_overwriting_inputs(output, [args.input])
+    check_writable(output)
     from LatentSRLib.transforms.simulation import simulate_low_resolution  # torch and MONAI: only when there is work to do
 
     image = read_image(args.input)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from LatentSRLib.cli.options import non_negative_int, positive_int, progress_bar
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -24,11 +26,11 @@ def register(subparsers) -> None:
     parser.add_argument("--model", metavar="MODEL_FOLDER", help="another SR model (with one --case)")
     parser.add_argument("--input", metavar="SCAN", help="another volume or image (with one --case)")
     parser.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default="axial")
-    parser.add_argument("--slices", type=int, default=12, help="volumes: slices around the middle (0: all; default 12)")
-    parser.add_argument("--crop", type=int, default=0, metavar="PIXELS",
+    parser.add_argument("--slices", type=non_negative_int, default=12, help="volumes: slices around the middle (0: all; default 12)")
+    parser.add_argument("--crop", type=non_negative_int, default=0, metavar="PIXELS",
                         help="images: keep the central PIXELS x PIXELS region (0: all; default)")
-    parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    parser.add_argument("--samples", type=int, default=2, help="samples per slice (2+ give the uncertainty map)")
+    parser.add_argument("--steps", type=positive_int, help="sampling steps (default: the model's)")
+    parser.add_argument("--samples", type=positive_int, default=2, help="samples per slice (2+ give the uncertainty map)")
     parser.add_argument("--data-consistency", action=argparse.BooleanOptionalAction, default=None,
                         help="project the SR onto the measured input, so that degrading it reproduces the input "
                         "(default: on for the chest case, off for the brain; see the model cards)")
@@ -39,41 +41,29 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
+    import contextlib
+    from pathlib import Path
 
-    from LatentSRLib.demo import DEMO_CASES, run_demos
     from LatentSRLib.errors import InputError
 
-    if args.slices < 0 or args.samples < 1 or args.crop < 0:
-        raise InputError("--slices and --crop must be >= 0 and --samples >= 1")
-    cases = list(dict.fromkeys(args.case or DEMO_CASES))
+    cases = list(dict.fromkeys(args.case or ("brain", "chest")))
     if (args.model or args.input) and len(cases) != 1:
         raise InputError("--model and --input replace one case's model or scan: say which with --case brain or --case chest")
+    for path in (args.input, args.model):  # before the heavy imports: a typo is answered at once
+        if path and not Path(path).exists():
+            raise InputError("no such file or folder", path)
+
+    from LatentSRLib.demo import run_demos
+
     options = {"plane": args.axis, "slices": args.slices, "crop": args.crop, "steps": args.steps,
                "samples": args.samples, "data_consistency": args.data_consistency, "device": args.device, "native": args.native}
     if args.model:
         options["model"] = args.model
     if args.input:
         options["scan"] = args.input
-    bars = {}
-
-    def progress_for(case: str):
-        for finished in bars.values():  # one bar at a time: the previous case is done
-            finished.close()
-        bar = bars.setdefault(case, tqdm(total=100, desc=f"demo {case}", unit="%",
-                                         bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]"))
-
-        def advance(fraction: float, message: str) -> None:
-            bar.n = round(100 * fraction, 1)
-            bar.set_postfix_str(message)
-            bar.refresh()
-        return advance
-
-    try:
-        results = run_demos(args.output, cases, progress_for=progress_for, **options)
-    finally:
-        for bar in bars.values():
-            bar.close()
+    with contextlib.ExitStack() as bars:  # one bar per case, erased if the run fails
+        results = run_demos(args.output, cases, progress_for=lambda case: bars.enter_context(progress_bar(f"demo {case}")),
+                            **options)
     for result in results:
         print(f"## {result.folder.name}\n")
         print((result.folder / "metrics.md").read_text())

@@ -26,13 +26,17 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from LatentSRLib.errors import InputError
     from LatentSRLib.io.atomic import check_output_folder
-    from LatentSRLib.model.folder import package_sr_model
+    from LatentSRLib.model.config import read_model_config
 
+    read_model_config(args.model)  # before torch is imported
     source, target = Path(args.model).resolve(), Path(args.output).resolve()
     if target == source or source in target.parents:
         raise InputError("the output must not be the model folder or inside it", args.output)
     check_output_folder(target, [source], is_ours=lambda folder: (folder / "config.json").is_file(),
                         what="model folder")
+
+    from LatentSRLib.model.folder import package_sr_model
+
     folder = package_sr_model(source, target, half=not args.float32, share_autoencoder_with=args.autoencoder_from)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     print(f"packaged {args.model} -> {folder} ({size / 2**20:.1f} MB)")

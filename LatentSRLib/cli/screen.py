@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from LatentSRLib.cli.options import fraction, non_negative_int, positive_int
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -20,28 +22,34 @@ def register(subparsers) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="run folder")
     parser.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default="axial",
                         help="plane of the slices of volumes (default axial)")
-    parser.add_argument("--size", type=int, default=256, help="model grid size in pixels (default 256)")
+    parser.add_argument("--size", type=positive_int, default=256, help="model grid size in pixels (default 256)")
     parser.add_argument("--fit", choices=("pad", "stretch", "tile"), default="pad",
                         help="pad keeps the physical aspect ratio; stretch resizes as the paper did; tile scores "
                         "SIZE x SIZE tiles of the images at their own pixel size (radiographs)")
-    parser.add_argument("--tile-stride", type=int, default=None, metavar="PIXELS",
+    parser.add_argument("--tile-stride", type=positive_int, default=None, metavar="PIXELS",
                         help="with --fit tile: pixels between tiles (default SIZE: no overlap)")
-    parser.add_argument("--max-slices", type=int, default=None, metavar="N",
+    parser.add_argument("--max-slices", type=positive_int, default=None, metavar="N",
                         help="at most N evenly spaced slices per volume (default all)")
-    parser.add_argument("--min-foreground", type=float, default=0.05,
+    parser.add_argument("--min-foreground", type=fraction, default=0.05,
                         help="drop slices with less than this fraction of non-background pixels (default 0.05)")
-    parser.add_argument("--batch-size", type=int, default=8, help="slices per pass (default 8)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="slices per pass (default 8)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cuda, cpu, ...")
     parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the bootstrap")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from LatentSRLib.evaluation.screening import screen_autoencoders
-    from LatentSRLib.data.slice_source import SliceSelection
+    from pathlib import Path
 
     from LatentSRLib.errors import InputError
+
+    for source in args.inputs:  # before the heavy imports: a typo is answered at once
+        if not Path(source).exists():
+            raise InputError("no such file or folder", source)
+
+    from LatentSRLib.data.slice_source import SliceSelection
+    from LatentSRLib.evaluation.screening import screen_autoencoders
 
     try:
         selection = SliceSelection(plane=args.axis, size=(args.size, args.size), fit=args.fit,

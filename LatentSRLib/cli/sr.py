@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from LatentSRLib.cli.options import non_negative_int, positive_int, progress_bar
+
 _FORMATS = ("nifti", "nrrd", "metaimage", "dicom")  # LatentSRLib.inference.files.OUTPUT_EXTENSIONS (kept light)
 
 
@@ -23,21 +25,21 @@ def register(subparsers) -> None:
     parser.add_argument("--model", required=True, metavar="MODEL_FOLDER", help="a trained model folder")
     parser.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default="axial",
                         help="plane to super-resolve in (default axial)")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument("--sampler", choices=("ddim", "ddpm", "euler", "heun"), default=None,
                         help="sampler (default: the model's; ddim/ddpm for DDPM models, euler/heun for flow)")
-    parser.add_argument("--samples", type=int, default=1, metavar="K",
+    parser.add_argument("--samples", type=positive_int, default=1, metavar="K",
                         help="samples per slice; the output is their mean, the uncertainty their std (default 1)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, cuda:N, mps, cpu")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
-    parser.add_argument("--batch-size", type=int, default=None, help="slices per batch (default: automatic)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the sampling noise (default 0)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="slices per batch (default: automatic)")
     parser.add_argument("--data-consistency", action="store_true",
                         help="project each SR slice so that degrading it reproduces the input")
     parser.add_argument("--reference", default=None, metavar="HR_VOLUME",
                         help="the true high-resolution scan on the same grid: adds difference, hallucination, PSNR/SSIM")
     parser.add_argument("--mask", default=None, metavar="SEGMENTATION",
                         help="label volume on the same grid: PSNR/SSIM inside each label and in the background")
-    parser.add_argument("--simulate-scale", type=int, default=None, metavar="S",
+    parser.add_argument("--simulate-scale", type=positive_int, default=None, metavar="S",
                         help="evaluation mode: degrade INPUT as the model's task does (its factor must be S) and "
                         "super-resolve that, with INPUT as the reference")
     parser.add_argument("--same-grid", action="store_true",
@@ -54,9 +56,12 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from tqdm.auto import tqdm
-
     from LatentSRLib.errors import InputError
+    from LatentSRLib.inference.preflight import check_sr_request
+
+    # the files and the output folder first, before torch is imported: a typo is answered at once
+    check_sr_request(args.input, args.output, args.model, reference=args.reference, mask=args.mask)
+
     from LatentSRLib.inference import SRSettings
     from LatentSRLib.inference.background import progress_line
     from LatentSRLib.inference.files import super_resolve_file
@@ -76,13 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if args.progress == "lines":
         metrics = run_file(lambda fraction, message: print(progress_line(fraction, message), flush=True))
     else:
-        with tqdm(total=100, desc="super-resolving", unit="%",
-                  bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]") as bar:
-            def advance(fraction: float, message: str) -> None:
-                bar.n = round(100 * fraction, 1)
-                bar.set_postfix_str(message)
-                bar.refresh()
-
+        with progress_bar("super-resolving") as advance:
             metrics = run_file(advance)
     for warning in metrics.get("warnings", []):
         print(f"latentsr sr: warning: {warning}", file=sys.stderr)

@@ -208,42 +208,48 @@ def prepare_dataset(
     seen: dict[str, str] = {}
     with atomic_directory(outdir) as tmp:
         chunks: list[tuple[Path, Path]] = []
-        for number, source in enumerate(tqdm(sources, desc="prepare", unit="source", disable=not progress)):
-            per_plane: dict[str, int] = {}
-            for plane in planes:
-                items = list(model_slices(source, replace(selection, plane=plane)))
-                if items and items[0].plane == "image" and plane != planes[0]:
-                    break  # a 2D image has one "plane": do not repeat it
-                if not items:
-                    continue
-                if items[0].plane == "image" and task.mode == "thick":
-                    raise InputError(f"task {task.name} needs volumes: a 2D image has no thick (through-plane) axis",
-                                     source)
-                subject = _subject_from_pattern(items[0].subject, source, pattern)
-                hr = np.stack([s.image for s in items]).astype(np.float32)
-                ids = []
-                for s in items:  # IDs name the file (unique); the subject may group several files
-                    if s.id in seen:
-                        raise InputError(f"slice ID {s.id!r} also comes from {seen[s.id]}; rename one of them", source)
-                    seen[s.id] = s.source
-                    ids.append(s.id)
-                try:
-                    lr = _degrade(task, hr, ids)
-                except (ValueError, RuntimeError) as exc:  # MONAI's Compose wraps errors in RuntimeError
-                    cause = exc if isinstance(exc, ValueError) else exc.__cause__
-                    if not isinstance(cause, ValueError):
-                        raise
-                    raise InputError(f"cannot apply task {task.name} ({cause})", source) from None
-                hr_path, lr_path = tmp / f".hr-{number}-{plane}.npy", tmp / f".lr-{number}-{plane}.npy"
-                np.save(hr_path, hr)
-                np.save(lr_path, lr)
-                chunks.append((hr_path, lr_path))
-                per_plane[items[0].plane] = len(items)
-                for s, slice_id in zip(items, ids):
-                    rows.append({"id": slice_id, "subject": subject, "source": str(source.resolve()), "plane": s.plane,
-                                 "slice_index": s.index, "foreground": round(s.foreground, 4),
-                                 "pixel_mm": s.pixel_mm})
-            source_summaries.append({"path": str(source.resolve()), "slices": per_plane})
+        # leave=False and closed on any exit: the summary printed after the run replaces the bar, and a
+        # refusal is the only line left on the screen
+        bar = tqdm(sources, desc="prepare", unit="source", disable=not progress, leave=False)
+        try:
+            for number, source in enumerate(bar):
+                per_plane: dict[str, int] = {}
+                for plane in planes:
+                    items = list(model_slices(source, replace(selection, plane=plane)))
+                    if items and items[0].plane == "image" and plane != planes[0]:
+                        break  # a 2D image has one "plane": do not repeat it
+                    if not items:
+                        continue
+                    if items[0].plane == "image" and task.mode == "thick":
+                        raise InputError(f"task {task.name} needs volumes: a 2D image has no thick (through-plane) axis",
+                                         source)
+                    subject = _subject_from_pattern(items[0].subject, source, pattern)
+                    hr = np.stack([s.image for s in items]).astype(np.float32)
+                    ids = []
+                    for s in items:  # IDs name the file (unique); the subject may group several files
+                        if s.id in seen:
+                            raise InputError(f"slice ID {s.id!r} also comes from {seen[s.id]}; rename one of them", source)
+                        seen[s.id] = s.source
+                        ids.append(s.id)
+                    try:
+                        lr = _degrade(task, hr, ids)
+                    except (ValueError, RuntimeError) as exc:  # MONAI's Compose wraps errors in RuntimeError
+                        cause = exc if isinstance(exc, ValueError) else exc.__cause__
+                        if not isinstance(cause, ValueError):
+                            raise
+                        raise InputError(f"cannot apply task {task.name} ({cause})", source) from None
+                    hr_path, lr_path = tmp / f".hr-{number}-{plane}.npy", tmp / f".lr-{number}-{plane}.npy"
+                    np.save(hr_path, hr)
+                    np.save(lr_path, lr)
+                    chunks.append((hr_path, lr_path))
+                    per_plane[items[0].plane] = len(items)
+                    for s, slice_id in zip(items, ids):
+                        rows.append({"id": slice_id, "subject": subject, "source": str(source.resolve()), "plane": s.plane,
+                                     "slice_index": s.index, "foreground": round(s.foreground, 4),
+                                     "pixel_mm": s.pixel_mm})
+                source_summaries.append({"path": str(source.resolve()), "slices": per_plane})
+        finally:
+            bar.close()
         if not rows:
             raise InputError("no slices were kept (all background?); check the inputs or lower --min-foreground",
                              Path(str(inputs[0])))

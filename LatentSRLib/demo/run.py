@@ -357,13 +357,19 @@ def run_demos(outdir: str | os.PathLike, cases: Sequence[str] = tuple(DEMO_CASES
     outdir = Path(outdir)
     check_output_folder(outdir, [Path(options[k]) for k in ("scan", "model") if options.get(k)],
                         is_ours=is_demo_folder, what="demo folder")
-    if (outdir / "montage.png").is_file():  # one case's demo folder (an older layout): replaced as a whole
-        import shutil
+    import shutil
 
+    if (outdir / "montage.png").is_file():  # one case's demo folder (an older layout): replaced as a whole
         shutil.rmtree(outdir)
+    created = not outdir.exists()
     outdir.mkdir(parents=True, exist_ok=True)
-    results = [run_demo(outdir / DEMO_CASES[case].name, case=case,
-                        progress=progress_for(case) if progress_for else None, **options) for case in cases]
+    try:  # each case replaces its own folder atomically; the other cases' folders are kept
+        results = [run_demo(outdir / DEMO_CASES[case].name, case=case,
+                            progress=progress_for(case) if progress_for else None, **options) for case in cases]
+    except BaseException:
+        if created and not any(outdir.iterdir()):  # a failed first run leaves no empty folder behind
+            shutil.rmtree(outdir, ignore_errors=True)
+        raise
     summary = "".join(f"## {r.folder.name}: {Path(r.metrics['input']).name}\n\n{_table_markdown(r.table)}\n"
                       f"Montage: {r.montage}\n\n" for r in results)
     with atomic_path(outdir / "metrics.md") as tmp:

@@ -118,6 +118,9 @@ class VolumeResult:
         return {k: v for k, v in named.items() if v is not None}
 
 
+#: the smallest slice (pixels per side) the engine super-resolves: below it there is no image to speak of
+MIN_SLICE_PIXELS = 4
+
 def _tile_key(slice_index: int, top: int, left: int) -> int:
     # the stable id of a tile: its slice and position (so its noise does not depend on the batching)
     return (slice_index * 65_537 + top) * 65_537 + left + 1
@@ -182,11 +185,18 @@ def super_resolve_volume(
         simulated one with ``simulate``).
     """
     check_pixels(image)
+    for other in (reference, mask):
+        if other is not None:
+            check_pixels(other, allow_constant=True)
+    task = model.task
+    scale = int(task.scale)
+    rows, cols = SliceLayout.for_image(image, plane).slice_shape
+    if min(rows, cols) < MIN_SLICE_PIXELS:
+        raise InputError(f"its {plane} slices of {rows} x {cols} pixels are too small to super-resolve (at least "
+                         f"{MIN_SLICE_PIXELS} x {MIN_SLICE_PIXELS})", image.path)
     started = time.perf_counter()
     torch_device = resolve_device(device)
     model.to(torch_device)
-    task = model.task
-    scale = int(task.scale)
     refine = refines_grid(model, same_grid)
     if simulate and reference is not None:
         raise InputError("give either a reference or simulate, not both", image.path)

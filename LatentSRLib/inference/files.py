@@ -17,24 +17,14 @@ from typing import Any
 
 from LatentSRLib.errors import InputError
 from LatentSRLib.inference.engine import SRSettings, super_resolve_volume
-from LatentSRLib.io import atomic_directory, check_output_folder, read_image, write_image
+from LatentSRLib.inference.preflight import METRICS_FILE, check_sr_request, is_sr_folder
+from LatentSRLib.io import atomic_directory, read_image, write_image
 from LatentSRLib.model.folder import SRModel, load_sr_model
 
 __all__ = ["OUTPUT_EXTENSIONS", "is_sr_folder", "super_resolve_file"]
 
 #: output format -> file extension of each map (DICOM: one series folder per map)
 OUTPUT_EXTENSIONS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "metaimage": ".mha", "dicom": ""}
-METRICS_FILE = "metrics.json"
-
-
-def is_sr_folder(folder: Path) -> bool:
-    """Whether ``folder`` is a previous output of :func:`super_resolve_file` (its ``metrics.json`` says so)."""
-    try:
-        return "settings" in json.loads((Path(folder) / METRICS_FILE).read_text())
-    except (OSError, ValueError, TypeError):
-        return False
-
-
 def super_resolve_file(
     input: str | os.PathLike,
     outdir: str | os.PathLike,
@@ -77,11 +67,9 @@ def super_resolve_file(
         raise InputError(f"unknown output format {output_format!r}; choose one of {', '.join(OUTPUT_EXTENSIONS)}")
     if simulate_scale is not None and reference:
         raise InputError("simulating the low-resolution scan uses INPUT as the reference; do not also give a reference")
-    outdir = Path(outdir)
     inputs = [Path(p) for p in (input, reference, mask) if p]
     model_folder = None if isinstance(model, SRModel) else Path(model)
-    check_output_folder(outdir, inputs + ([model_folder] if model_folder else []), is_ours=is_sr_folder,
-                        what="`latentsr sr` output folder")
+    outdir = check_sr_request(input, outdir, model_folder, reference=reference, mask=mask)
     sr_model = model if isinstance(model, SRModel) else load_sr_model(model_folder)
     if simulate_scale is not None and int(simulate_scale) != sr_model.task.scale:
         raise InputError(f"the model was trained for {sr_model.task.name} (factor {sr_model.task.scale}), "

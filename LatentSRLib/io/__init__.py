@@ -4,7 +4,8 @@ The one place files enter and leave LatentSR. See :mod:`.image` for the array an
 conventions and :mod:`.formats` for the supported formats.
 """
 
-from LatentSRLib.io.atomic import atomic_directory, atomic_path, check_output_folder, refuse_overwriting_inputs
+from LatentSRLib.io.atomic import (atomic_directory, atomic_path, check_output_folder, check_writable,
+                                  refuse_overwriting_inputs)
 from LatentSRLib.io.describe import describe_image
 from LatentSRLib.io.formats import FORMATS, detect_format, output_format, read_image, write_image
 from LatentSRLib.io.image import MedicalImage, array_axis_of_index_axis, index_axis_of_array_axis
@@ -16,6 +17,7 @@ __all__ = [
     "array_axis_of_index_axis",
     "atomic_directory",
     "check_output_folder",
+    "check_writable",
     "atomic_path",
     "check_pixels",
     "describe_image",

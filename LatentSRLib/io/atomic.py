@@ -9,13 +9,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from LatentSRLib.errors import OutputError
 
-__all__ = ["atomic_directory", "atomic_path", "check_output_folder", "refuse_overwriting_inputs"]
+__all__ = ["atomic_directory", "atomic_path", "check_output_folder", "check_writable", "refuse_overwriting_inputs"]
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -70,7 +72,28 @@ def check_output_folder(outdir: str | os.PathLike, inputs: Iterable[str | os.Pat
     if out.is_dir() and any(out.iterdir()) and not is_ours(out):
         raise OutputError(f"this folder holds other files and is not a previous {what}; choose a new or empty "
                           f"folder (a previous {what} is replaced as a whole)", out)
+    check_writable(out)
     return out
+
+
+def check_writable(target: str | os.PathLike) -> None:
+    """Refuse an output whose folder cannot be written (read-only, a file in the way, no permission).
+
+    The staging area is created beside ``target``, so the nearest existing folder above it is probed
+    with a temporary file that is removed at once (``os.access`` would not do: it says yes to root on a
+    read-only file system). Nothing is created on the way: a refused run leaves no new folder.
+    """
+    target = Path(target).absolute()
+    ancestor = target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{ancestor} is a file, not a folder", target)
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write in {ancestor} ({exc.strerror or exc})", target) from None
 
 
 def _ensure_parent(target: Path) -> Path:
@@ -91,6 +114,25 @@ def _staging_folder(target: Path, parent: Path) -> Path:
 
 
 @contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) for the few renames that swap an output in; raise it right after.
+
+    Only the main thread can handle signals; elsewhere (the Slicer module's worker) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path with ``target``'s exact name; on success it is moved onto ``target``.
 
@@ -107,8 +149,9 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield staging / target.name
         written = sorted(staging.iterdir(), key=lambda p: p.name == target.name)
-        for item in written:
-            os.replace(item, parent / item.name)
+        with _interrupts_deferred():
+            for item in written:
+                os.replace(item, parent / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -128,10 +171,11 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
-            os.replace(target, old / target.name)
-        os.replace(tmp, target)
+        with _interrupts_deferred():  # Ctrl-C between the two renames would leave neither folder in place
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
+                os.replace(target, old / target.name)
+            os.replace(tmp, target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

@@ -629,9 +629,22 @@ def _scan_folder(folder: Path) -> tuple[list[tuple[Path, Dataset]], int]:
                 raise _corrupt(exc, path) from None
             if "Rows" in ds and "Columns" in ds:
                 images.append((path, ds))
+            elif _is_image_storage(ds):  # an image file cut short: refuse it rather than read a gap
+                raise InputError("this image file is truncated or corrupt (its header stops before the image "
+                                 "size); replace or remove it", path)
             else:
                 skipped += 1
     return images, skipped
+
+
+def _is_image_storage(ds: Dataset) -> bool:
+    """Whether the file's SOP class is an image storage class (MR/CT/CR/DX/... Image Storage)."""
+    meta = getattr(ds, "file_meta", None)
+    uid = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+    try:
+        return uid is not None and "Image Storage" in pydicom.uid.UID(str(uid)).name
+    except Exception:  # noqa: BLE001 - an unparsable UID is simply not known to be an image
+        return False
 
 
 def _choose_series(folder: Path, images: list[tuple[Path, Dataset]], notes: list[str]) -> list[tuple[Path, Dataset]]:

@@ -90,21 +90,134 @@ def read_image(path: str | os.PathLike) -> MedicalImage:
     elif fmt == "numpy":
         image = _read_npy(path)
     else:
+        raw = _check_nifti(path) if fmt == "nifti" else None
         image = _read_itk(path, fmt)
+        if raw is not None:
+            _restore_non_finite(image, raw)
+    _check_spacing(image, path)
     image.path = str(path)
     image.metadata.setdefault("format", fmt)
     image.metadata.setdefault("notes", [])
     return image
 
 
+def _check_nifti(path: Path) -> np.ndarray | None:
+    """Refuse a NIfTI file that is truncated, declares more data than it holds, or has a zero voxel
+    size, before ITK reads it (ITK fills missing voxels with zeros and zero sizes with 1 mm).
+
+    Returns:
+        The raw floating-point voxels (nibabel's (i, j, k) order) when some are NaN/Inf, which ITK's
+        NIfTI reader turns into 0 without a word; else ``None``.
+    """
+    import gzip
+
+    import nibabel as nib
+
+    gz = path.name.lower().endswith(".gz")
+    try:  # the header as stored: nibabel's loader would quietly repair a zero voxel size
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as stream:
+            start = stream.read(4)
+            size = int.from_bytes(start, "little") if len(start) == 4 else 0
+            if size not in (348, 540) and int.from_bytes(start, "big") not in (348, 540):
+                raise InputError("not a NIfTI file (no NIfTI-1 or NIfTI-2 header)", path)
+            stream.seek(0)
+            kind = nib.Nifti2Header if 540 in (size, int.from_bytes(start, "big")) else nib.Nifti1Header
+            header = kind.from_fileobj(stream, check=False)
+        shape = tuple(int(n) for n in header.get_data_shape())
+        dtype = header.get_data_dtype()
+        offset = int(header.get("vox_offset", 0))
+    except InputError:
+        raise
+    except Exception as exc:  # nibabel and gzip raise many types for a damaged header
+        raise InputError(f"cannot read this NIfTI header ({_first_line(exc)})", path) from None
+    if np.issubdtype(dtype, np.complexfloating):
+        raise InputError("complex-valued voxels are not supported; give a magnitude image", path)
+    expected = offset + int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    held = _gunzipped_size(path, expected) if gz else path.stat().st_size
+    if held < expected:
+        raise InputError(f"the file is truncated or damaged: its header declares {'x'.join(map(str, shape))} voxels "
+                         f"({expected} bytes with the header) but it holds {held} bytes", path)
+    spatial = min(len(shape), 3)
+    zooms = [float(z) for z in header["pixdim"][1:1 + spatial]]
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise InputError(f"the voxel size in the header (pixdim {zooms}) is not positive; the scan's geometry is "
+                         "unknown (fix the header, e.g. with nibabel or fslhd/fslcreatehd)", path)
+    if not np.issubdtype(dtype, np.floating):
+        return None
+    with nib.imageglobals.LoggingOutputSuppressor():
+        raw = np.asanyarray(nib.load(str(path)).dataobj)
+    return raw if not np.isfinite(raw).all() else None
+
+
+def _gunzipped_size(path: Path, enough: int) -> int:
+    """Bytes a gzip file decompresses to (counting stops past ``enough``); a damaged stream is an error."""
+    import gzip
+    import zlib
+
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while total <= enough and (chunk := stream.read(1 << 22)):
+                total += len(chunk)
+    except EOFError:
+        return total  # truncated: the caller reports how much there is
+    except (OSError, zlib.error) as exc:
+        raise InputError(f"the compressed file is damaged ({_first_line(exc)})", path) from None
+    return total
+
+
+def _restore_non_finite(image: MedicalImage, raw: np.ndarray) -> None:
+    """Put back the NaN/Inf voxels ITK zeroed, so that they are reported (not silently read as 0)."""
+    raw = raw.reshape(raw.shape[: image.ndim]) if raw.ndim > image.ndim else raw
+    values = np.transpose(raw)  # nibabel (i, j, k) -> numpy order (k, j, i), as ITK stores it
+    if values.shape != image.shape:
+        return
+    bad = ~np.isfinite(values)
+    array = image.array.astype(np.float32) if not np.issubdtype(image.array.dtype, np.floating) else image.array
+    array[bad] = values[bad]
+    image.array = array
+
+
+def _check_companion_file(path: Path) -> None:
+    """A detached header (.mhd, .nhdr) whose data file is missing: say so, before ITK prints to the console."""
+    lower = path.name.lower()
+    key = "ElementDataFile" if lower.endswith(".mhd") else "data file" if lower.endswith(".nhdr") else None
+    if key is None:
+        return
+    try:
+        with open(path, "rb") as header:
+            text = header.read(1 << 16).decode("latin-1")
+    except OSError as exc:
+        raise InputError(f"cannot read this file ({exc.strerror})", path) from None
+    for line in text.splitlines():
+        name, _, value = line.partition(":" if key == "data file" else "=")
+        if name.strip().lower() in (key.lower(), "datafile"):
+            target = value.strip()
+            if target.upper() in ("LOCAL", "LIST") or target.upper().startswith("LIST") or "%" in target:
+                return
+            if not (path.parent / target).is_file():
+                raise InputError(f"its data file {target!r} is missing (it must lie beside the header)", path)
+            return
+
+
+def _check_spacing(image: MedicalImage, path: Path) -> None:
+    spacing = np.asarray(image.spacing, dtype=np.float64)
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise InputError(f"the voxel size {tuple(float(s) for s in spacing)} mm is not positive; the scan's "
+                         "geometry is unknown", path)
+
+
 def _read_itk(path: Path, fmt: str) -> MedicalImage:
     import SimpleITK as sitk
 
+    _check_companion_file(path)
     try:
         itk = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(f"cannot read this {fmt} file ({_first_line(exc)})", path) from None
     notes: list[str] = []
+    if "complex" in itk.GetPixelIDTypeAsString():
+        raise InputError("complex-valued pixels are not supported; give a magnitude image", path)
     if itk.GetDimension() == 4:
         itk = _drop_singleton_fourth_axis(itk, path)
     if itk.GetDimension() not in (2, 3):

@@ -7,8 +7,26 @@
   halve on out-of-memory.
 """
 
-from LatentSRLib.model.devices import autocast_for, default_batch_size, resolve_device, run_in_batches
-from LatentSRLib.model.folder import MODEL_FORMAT, SRModel, load_sr_model, package_sr_model, save_sr_model
+import importlib
 
-__all__ = ["MODEL_FORMAT", "SRModel", "autocast_for", "default_batch_size", "load_sr_model", "package_sr_model",
-           "resolve_device", "run_in_batches", "save_sr_model"]
+# names -> the module that defines them, imported on first use (``import LatentSRLib.<pkg>.<light module>``
+# must not pull in torch: the command line answers a typo before loading it)
+_EXPORTS = {
+    "MODEL_FORMAT": "config",
+    "SRModel": "folder",
+    "autocast_for": "devices",
+    "default_batch_size": "devices",
+    "load_sr_model": "folder",
+    "package_sr_model": "folder",
+    "read_model_config": "config",
+    "resolve_device": "devices",
+    "run_in_batches": "devices",
+    "save_sr_model": "folder",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

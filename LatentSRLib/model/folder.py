@@ -33,14 +33,13 @@ from LatentSRLib.autoencoders.latent_stats import STATS_FILE_NAME, LatentStats
 from LatentSRLib.diffusion import ConditionalDenoiser, objective_from_dict
 from LatentSRLib.errors import InputError
 from LatentSRLib.io.atomic import atomic_path
+from LatentSRLib.model.config import CONFIG_FILE, MODEL_FORMAT, read_model_config
 from LatentSRLib.model.sampling import DEFAULT_STEPS, SampleSet, SamplingSettings, sample_sr
 from LatentSRLib.transforms.tasks import Task
 
 __all__ = ["SRModel", "load_sr_model", "package_sr_model", "save_sr_model", "MODEL_FORMAT"]
 
-MODEL_FORMAT = "latentsr.sr_model"
 _VERSION = 1
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "denoiser.safetensors"
 
 
@@ -140,25 +139,22 @@ def load_sr_model(folder: str | os.PathLike, *, device: str | torch.device = "cp
     from LatentSRLib.autoencoders import weights_fingerprint
 
     folder = Path(folder)
-    config_path = folder / CONFIG_FILE
-    if not config_path.is_file():
-        raise InputError("not a LatentSR model folder (no config.json)", folder)
+    config = read_model_config(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise InputError(f"the model's weights are missing (no {WEIGHTS_FILE})", folder)
     try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"unreadable config.json: {exc}", folder) from None
-    if config.get("format") != MODEL_FORMAT:
-        kind = config.get("format") or "unknown"
-        hint = " (an autoencoder: pass it as --vae monai:FOLDER)" if kind == "latentsr.monai_autoencoder" else ""
-        raise InputError(f"not a LatentSR model folder: its config.json is of kind {kind!r}{hint}", folder)
+        state = load_file(str(weights))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for damaged files
+        raise InputError(f"truncated or corrupt weights ({str(exc).splitlines()[0]})", weights) from None
     try:
         denoiser = ConditionalDenoiser.from_config(config["denoiser"])
         # a packaged model may store half-precision weights: they are cast to float32 here
-        denoiser.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
+        denoiser.load_state_dict(state, strict=True)
         stats = LatentStats.load(folder / STATS_FILE_NAME)
     except InputError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise InputError(f"damaged model folder: {str(exc).splitlines()[0]}", folder) from None
     recorded = config["autoencoder"]
     if autoencoder is None or isinstance(autoencoder, str):

@@ -143,7 +143,7 @@ def test_unknown_format(tmp_path):
 def test_corrupt_nifti(tmp_path):
     path = tmp_path / "broken.nii.gz"
     path.write_bytes(gzip.compress(b"not a nifti header" * 10))
-    with pytest.raises(InputError, match="cannot read") as info:
+    with pytest.raises(InputError, match="not a NIfTI file") as info:
         read_image(path)
     assert "broken.nii.gz" in str(info.value) and "\n" not in str(info.value)
 
