@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, cuda:N, mps, cpu")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the sampling noise (default 0)")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="slices per batch (default: automatic)")
+    parser.add_argument("--sample-background", action="store_true",
+                        help="also sample tiles with no pixel above the model's background level (by default they "
+                        "keep the up-sampled input: the model never trained on such tiles, and they cost nothing)")
     parser.add_argument("--data-consistency", action="store_true",
                         help="project each SR slice so that degrading it reproduces the input")
     parser.add_argument("--reference", default=None, metavar="HR_VOLUME",
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         settings = SRSettings(steps=args.steps, sampler=args.sampler, samples=args.samples, seed=args.seed,
-                              batch_size=args.batch_size, data_consistency=args.data_consistency)
+                              batch_size=args.batch_size, data_consistency=args.data_consistency,
+                              skip_background=not args.sample_background)
     except ValueError as exc:
         raise InputError(str(exc)) from None
 

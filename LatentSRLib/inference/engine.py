@@ -50,6 +50,7 @@ from LatentSRLib.transforms.intensity import IntensityWindow, PercentileWindow
 from LatentSRLib.transforms.degradations import AddNoise, task_degradation
 from LatentSRLib.transforms.grids import coarse_image, downsample, fine_image, upsample
 from LatentSRLib.transforms.slicing import ModelGrid, SliceLayout, tile_windows
+from LatentSRLib.data.slice_source import SliceSelection
 from LatentSRLib.model.devices import autocast_for, default_batch_size, resolve_device, run_in_batches
 
 __all__ = ["Cancelled", "SRSettings", "VolumeResult", "pixel_size_warnings", "refines_grid", "simulate_measurement",
@@ -76,6 +77,10 @@ class SRSettings:
             (``SR + (LR - A(SR))``, clipped, with the noise-free forward operator ``A``); the
             consistency map is then measured after it.
         autocast: reduced precision (bf16/fp16) on CUDA.
+        skip_background: a tile (or a slice that fits one tile) with no pixel above the model's
+            background level is not sampled; the output keeps the up-sampled input there. It is the
+            rule that kept such images out of training (no foreground), so the model has never learnt
+            anything for them; empty slices and the corners of a head scan cost nothing.
     """
 
     steps: int | None = None
@@ -85,6 +90,7 @@ class SRSettings:
     batch_size: int | None = None
     data_consistency: bool = False
     autocast: bool = True
+    skip_background: bool = True
 
     def __post_init__(self) -> None:
         self.sampling  # validates steps and samples  # noqa: B018
@@ -126,9 +132,25 @@ def _tile_key(slice_index: int, top: int, left: int) -> int:
     return (slice_index * 65_537 + top) * 65_537 + left + 1
 
 
-def _mean_std(model: SRModel, lr: torch.Tensor, keys: list[int], settings: SRSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    result = sample_sr(model, lr, keys, settings.sampling)
-    return result.mean, result.std
+def _mean_std(model: SRModel, lr: torch.Tensor, keys: list[int], settings: SRSettings,
+              skipped: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """SR mean and std of a batch of ``(B, 1, h, w)`` LR tiles; with ``settings.skip_background``, tiles with
+    no pixel above the model's background level keep their input (std 0) and are counted in ``skipped``.
+    Each tile's noise is seeded by its key, so sampling only the others changes nothing for them."""
+    busy = torch.ones(lr.shape[0], dtype=torch.bool, device=lr.device)
+    if settings.skip_background:
+        level = float(model.config.get("grid", {}).get("background_level", SliceSelection.background_level))
+        busy = lr.flatten(1).amax(1) > level
+    if bool(busy.all()):
+        result = sample_sr(model, lr, keys, settings.sampling)
+        return result.mean, result.std
+    if skipped is not None:
+        skipped[0] += int((~busy).sum())
+    mean, std = lr.clone(), torch.zeros_like(lr)
+    if bool(busy.any()):
+        result = sample_sr(model, lr[busy], [key for key, b in zip(keys, busy.tolist()) if b], settings.sampling)
+        mean[busy], std[busy] = result.mean.to(mean.dtype), result.std.to(std.dtype)
+    return mean, std
 
 
 def _window_for(model: SRModel, image: MedicalImage) -> IntensityWindow:
@@ -240,7 +262,7 @@ def super_resolve_volume(
     grid = ModelGrid(tile, fit="tile")  # native pixel pitch: pad to whole latent pixels, never resize
     batch_size = settings.batch_size or default_batch_size(torch_device, tile[0] * tile[1])
     n = lr_fine.shape[0]
-    sr_slices, std_slices, consistency_slices, final_batch = _sample_slices(
+    sr_slices, std_slices, consistency_slices, final_batch, skipped = _sample_slices(
         model, lr_fine, settings, torch_device, grid, batch_size, progress, cancelled, task_for_dc=task)
 
     width = float(window.upper - window.lower)
@@ -267,6 +289,7 @@ def super_resolve_volume(
         "settings": settings.to_dict(),
         "device": str(torch_device),
         "batch_size": final_batch,
+        "background_tiles_skipped": skipped,
         "seconds": round(seconds, 3),
         "seconds_per_slice": round(seconds / max(n, 1), 4),
         "window": {"lower": window.lower, "upper": window.upper},
@@ -297,12 +320,13 @@ def _sample_slices(model: SRModel, lr_fine: np.ndarray, settings: SRSettings, de
     std_slices = np.zeros_like(lr_fine)
     consistency_slices = np.zeros_like(lr_fine)
     done_mask = np.zeros(n, dtype=bool)
+    skipped = [0]  # background tiles not sampled
 
     def tiled_mean_std(lr_model: torch.Tensor, rows: list[int], tiles_per_batch: int):
         if tuple(lr_model.shape[-2:]) == tile:
             # slices of one tile: the sliding window would run that one window at (0, 0), one slice at a
             # time; the same tiles (same keys, same noise) go through the sampler as one batch instead
-            return _mean_std(model, lr_model, [_tile_key(row + key_offset, 0, 0) for row in rows], settings)
+            return _mean_std(model, lr_model, [_tile_key(row + key_offset, 0, 0) for row in rows], settings, skipped)
         inferer = SlidingWindowInferer(tile, sw_batch_size=tiles_per_batch, overlap=tile_overlap,
                                        mode="gaussian", with_coord=True)
         stride = tuple(max(1, int(s * (1 - tile_overlap))) for s in tile)  # as MONAI steps its windows
@@ -316,7 +340,7 @@ def _sample_slices(model: SRModel, lr_fine: np.ndarray, settings: SRSettings, de
                 if cancelled is not None and cancelled():
                     raise Cancelled("cancelled")
                 keys = [_tile_key(row + key_offset, int(where[-2].start), int(where[-1].start)) for where in locations]
-                out = torch.cat(_mean_std(model, tiles, keys, settings), dim=1)
+                out = torch.cat(_mean_std(model, tiles, keys, settings, skipped), dim=1)
                 finished[0] += len(tiles)
                 if progress is not None and total > 1:
                     progress((int(done_mask.sum()) + finished[0] / total) / n,
@@ -353,7 +377,7 @@ def _sample_slices(model: SRModel, lr_fine: np.ndarray, settings: SRSettings, de
             progress(finished / n, f"{finished}/{n} slices")
 
     final_batch = run_in_batches(list(range(n)), batch_size, work, done)
-    return sr_slices, std_slices, consistency_slices, final_batch
+    return sr_slices, std_slices, consistency_slices, final_batch, skipped[0]
 
 
 def pixel_size_warnings(model: SRModel, output_pixel: tuple[float, float]) -> list[str]:
@@ -486,6 +510,7 @@ def _through_plane(model: SRModel, image: MedicalImage, *, plane: str, settings:
     tile = tuple(int(v) for v in model.config.get("grid", {}).get("size", (256, 256)))
     grid = ModelGrid(tile, fit="tile")
     means, variances, fused_layout, lr_fine_first = [], [], None, None
+    skipped_tiles = 0
     batch_size = settings.batch_size or default_batch_size(device, tile[0] * tile[1])
     for number, name in enumerate(planes):
         coarse_layout = SliceLayout.for_image(lr, name)
@@ -502,8 +527,9 @@ def _through_plane(model: SRModel, image: MedicalImage, *, plane: str, settings:
             if progress is not None:
                 progress((number + fraction) / len(planes), f"{name}: {message}")
 
-        mean, std, _, batch_size = _sample_slices(model, lr_fine, settings, device, grid, batch_size, report, cancelled,
-                                                  key_offset=number * 1_000_000)
+        mean, std, _, batch_size, skipped = _sample_slices(model, lr_fine, settings, device, grid, batch_size, report,
+                                                           cancelled, key_offset=number * 1_000_000)
+        skipped_tiles += skipped
         means.append(_assemble_thick(fine_layout, mean, axis))
         variances.append(_assemble_thick(fine_layout, std**2, axis))
         if fused_layout is None:
@@ -538,7 +564,7 @@ def _through_plane(model: SRModel, image: MedicalImage, *, plane: str, settings:
         "input_grid": {"shape": list(lr.shape), "spacing": [float(v) for v in lr.spacing]},
         "output_grid": {"shape": list(out_grid.shape), "spacing": spacing},
         "refined_grid": True, "settings": settings.to_dict(), "device": str(device), "batch_size": batch_size,
-        "seconds": round(seconds, 3), "window": {"lower": window.lower, "upper": window.upper},
+        "background_tiles_skipped": skipped_tiles, "seconds": round(seconds, 3), "window": {"lower": window.lower, "upper": window.upper},
         "simulated": bool(simulate), "consistency_mean": float(disagreement.mean()),
         "warnings": pixel_size_warnings(model, tuple(sorted(spacing)[:2])),
     }

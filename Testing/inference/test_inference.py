@@ -129,6 +129,27 @@ def test_tile_noise_is_per_tile_so_batching_does_not_matter(tile_model_folder, m
     assert review["psnr_sr"] == pytest.approx(10 * np.log10(1.0 / np.mean(difference ** 2)), abs=1e-4)
 
 
+def test_background_tiles_keep_the_input_and_the_others_do_not_change(tile_model_folder):
+    """Tiles with no pixel above the model's background level are not sampled (the rule that kept such
+    images out of training): there the SR is the up-sampled input itself, every other tile is sampled
+    with its own seeded noise exactly as before, and metrics.json counts the skipped tiles."""
+    model = load_sr_model(tile_model_folder)
+    array = np.zeros((120, 100), dtype=np.uint16)  # an empty margin around the "anatomy"
+    array[70:110, 55:95] = 400
+    array[90:96, 80:86] = 4000
+    image = MedicalImage(array, (0.4, 0.4), (0.0, 0.0), np.eye(2))
+    skipping = super_resolve_volume(model, image, same_grid=True, settings=SRSettings(seed=3, samples=2), device="cpu")
+    sampling = super_resolve_volume(model, image, same_grid=True, device="cpu",
+                                    settings=SRSettings(seed=3, samples=2, skip_background=False))
+    skipped = skipping.metrics["background_tiles_skipped"]
+    assert skipped > 0 and sampling.metrics["background_tiles_skipped"] == 0
+    # the empty corner, away from any sampled tile's reach (tiles of 32, stride 24): input kept, std 0
+    assert np.all(skipping.sr.array[:30, :30] == array[:30, :30])
+    assert np.all(skipping.uncertainty.array[:30, :30] == 0) and sampling.uncertainty.array[:30, :30].max() > 0
+    # the anatomy's tiles are sampled with the same noise either way
+    np.testing.assert_allclose(skipping.sr.array[80:110, 70:95].astype(float), sampling.sr.array[80:110, 70:95], atol=1)
+
+
 def test_consistency_is_zero_when_sr_is_the_truth(brats_flair):
     from LatentSRLib.transforms.intensity import PercentileWindow
 
