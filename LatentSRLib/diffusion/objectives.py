@@ -193,7 +193,9 @@ class DDPMObjective:
         x0: torch.Tensor,
         condition: torch.Tensor,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+        *,
+        return_x0: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Scalar loss for one batch: uniform timesteps in ``[0, T-1]``, Gaussian noise, the chosen target.
 
         Args:
@@ -201,6 +203,8 @@ class DDPMObjective:
             x0: ``(B, C, h, w)`` clean (normalised) high-resolution latents.
             condition: ``(B, C, h, w)`` latents of the low-resolution images.
             generator: draws the timesteps, then the noise (reproducible batches).
+            return_x0: also return the network's estimate of ``x0`` (differentiable), for a loss on
+                the decoded image (the trainer's pixel loss).
         """
         _check_pair(x0, condition)
         t = randint(self.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
@@ -210,6 +214,8 @@ class DDPMObjective:
         per_sample = _per_sample_loss(output - self.target(x0, noise, t), self.loss)
         if self.min_snr_gamma is not None:
             per_sample = per_sample * self.loss_weights(t).to(per_sample.dtype).to(per_sample.device)
+        if return_x0:
+            return per_sample.mean(), self.predict_x0_and_eps(output, x_t, t)[0]
         return per_sample.mean()
 
     def to_dict(self) -> dict[str, Any]:
@@ -301,14 +307,19 @@ class RectifiedFlowObjective:
         x0: torch.Tensor,
         condition: torch.Tensor,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+        *,
+        return_x0: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Scalar loss for one batch (same arguments as :meth:`DDPMObjective.training_loss`)."""
         _check_pair(x0, condition)
         s = self.sample_times(x0.shape[0], device=x0.device, generator=generator)
         noise = randn(tuple(x0.shape), generator=generator, device=x0.device, dtype=x0.dtype)
         x_s = self.interpolate(x0, noise, s)
         output = denoiser(x_s, self.model_time(s), condition)
-        return _per_sample_loss(output - self.target(x0, noise), self.loss).mean()
+        loss = _per_sample_loss(output - self.target(x0, noise), self.loss).mean()
+        if return_x0:
+            return loss, self.predict_x0(output, x_s, s)
+        return loss
 
     def to_dict(self) -> dict[str, Any]:
         return {
