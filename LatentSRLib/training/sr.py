@@ -175,16 +175,19 @@ class SRTrainStep:
     radiologist looks, in the image (the reference-models issue's probe: latent-only SR lost PSNR to
     bicubic). It needs an ``x0`` or ``v`` prediction: an epsilon network's x0 estimate at the noisy end
     of the schedule is amplified ~1e4-fold (see :meth:`DDPMObjective.predict_x0_and_eps`).
+    ``pixel_crop`` (latent pixels) decodes one random square of that size of the batch instead of
+    the whole latent, the same for every item: decoding costs more than the denoiser on a CPU.
     Returns ``{"loss": float}`` (and ``"pixel_loss"`` with the pixel term).
     """
 
     def __init__(self, objective: Mapping[str, Any], *, ema: nn.Module | None = None,
                  grad_clip: float | None = 1.0, autoencoder: Autoencoder | None = None,
-                 pixel_weight: float = 0.0) -> None:
+                 pixel_weight: float = 0.0, pixel_crop: int | None = None) -> None:
         self.objective = objective_from_dict(objective)
         self.ema = ema
         self.grad_clip = grad_clip
         self.pixel_weight = float(pixel_weight)
+        self.pixel_crop = int(pixel_crop) if pixel_crop else None
         self.autoencoder = autoencoder
         if self.pixel_weight > 0:
             if autoencoder is None:
@@ -205,9 +208,10 @@ class SRTrainStep:
         with torch.autocast(device.type, enabled=bool(engine.amp)):
             if self.pixel_weight > 0:
                 loss, x0_hat = self.objective.training_loss(network, x0, condition, return_x0=True)
+                hr = batch["hr"].to(device, non_blocking=True).float()
+                x0_hat, hr = self._pixel_window(x0_hat, hr)
                 self.autoencoder.to(device)
-                decoded = self.autoencoder.decode(x0_hat.float())
-                pixel = (decoded.float() - batch["hr"].to(device, non_blocking=True).float()).abs().mean()
+                pixel = (self.autoencoder.decode(x0_hat.float()).float() - hr).abs().mean()
                 loss = loss + self.pixel_weight * pixel
             else:
                 loss = self.objective.training_loss(network, x0, condition)
@@ -229,6 +233,19 @@ class SRTrainStep:
         if pixel is not None:
             out["pixel_loss"] = float(pixel.detach())
         return out
+
+
+    def _pixel_window(self, latents: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latents and HR pixels the pixel loss sees: all, or one random ``pixel_crop`` square."""
+        h, w = latents.shape[-2:]
+        crop = self.pixel_crop
+        if crop is None or (crop >= h and crop >= w):
+            return latents, hr
+        factor = hr.shape[-1] // w
+        top = int(torch.randint(0, max(h - crop, 0) + 1, ()))
+        left = int(torch.randint(0, max(w - crop, 0) + 1, ()))
+        return (latents[..., top:top + crop, left:left + crop],
+                hr[..., top * factor:(top + crop) * factor, left * factor:(left + crop) * factor])
 
 
 class SREvalStep:

@@ -112,6 +112,17 @@ def test_pixel_loss_trains_through_the_frozen_decoder(workspace, tmp_path):
     assert all(p.grad is None for p in setup.autoencoder.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, setup.autoencoder.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(weights, network.parameters()))  # lr 0: nothing moved
+    # pixel_crop: one random 8 x 8 latent square decoded, against the HR pixels it covers (4x factor here)
+    cropped = SRTrainStep(objective, autoencoder=setup.autoencoder, pixel_weight=2.0, pixel_crop=8)
+    torch.manual_seed(9)
+    out = cropped(engine, batch)
+    torch.manual_seed(9)
+    with torch.no_grad():
+        latent, x0_hat = step.objective.training_loss(network, batch["hr_latent"], batch["lr_latent"], return_x0=True)
+        top, left = int(torch.randint(0, 16 - 8 + 1, ())), int(torch.randint(0, 16 - 8 + 1, ()))
+        decoded = setup.autoencoder.decode(x0_hat[..., top:top + 8, left:left + 8].float())
+        pixel = (decoded - batch["hr"][..., 4 * top:4 * top + 32, 4 * left:4 * left + 32]).abs().mean()
+    assert decoded.shape[-2:] == (32, 32) and out["pixel_loss"] == pytest.approx(float(pixel), rel=1e-5)
     with pytest.raises(ValueError, match="x0 or v"):
         SRTrainStep({**objective, "prediction": "epsilon"}, autoencoder=setup.autoencoder, pixel_weight=1.0)
     # through the bundle: the term is logged and the weight recorded
