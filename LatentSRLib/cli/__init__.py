@@ -18,7 +18,7 @@ from LatentSRLib.errors import LatentSRError
 
 #: the subcommand modules, in the order ``--help`` lists them (imported by :func:`build_parser`, inside
 #: :func:`main`'s error handling: a Ctrl-C even during start-up ends in one line, not a traceback)
-SUBCOMMANDS = ("demo", "info", "degrade", "screen", "prepare", "sr", "package")
+SUBCOMMANDS = ("demo", "info", "degrade", "screen", "prepare", "sr", "calibrate", "package")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from LatentSRLib.cli.options import non_negative_int, positive_int, progress_bar
+from LatentSRLib.cli.options import non_negative_float, non_negative_int, positive_int, progress_bar
 
 _FORMATS = ("nifti", "nrrd", "metaimage", "dicom")  # LatentSRLib.inference.files.OUTPUT_EXTENSIONS (kept light)
+_CALIBRATION_FILE = "calibration.json"  # LatentSRLib.metrics.calibration.CALIBRATION_FILE (kept light)
 
 
 def register(subparsers) -> None:
@@ -17,8 +18,10 @@ def register(subparsers) -> None:
         "folder written by the training bundle). An sr model writes on a grid s times finer in-plane over the same "
         "field of view (--same-grid: INPUT's grid); refine and kspace models keep INPUT's grid. Outputs, in INPUT's "
         "units: sr, uncertainty (std across --samples), consistency (|A(SR) - LR|) and, with --reference (on the SR "
-        "grid) or --simulate-scale, difference (SR - HR) and hallucination (+1 hallucinated / -1 lost); "
-        "metrics.json holds settings, grids, timing and scores.",
+        "grid) or --simulate-scale, difference (SR - HR) and hallucination (+1 hallucinated / -1 lost); with a model "
+        "calibrated by latentsr calibrate, interval (the half-width of SR +- interval, which holds the truth at the "
+        "calibrated risk) and, with --tolerance, trust (1 where the half-width is at most it); "
+        "metrics.json holds settings, grids, timing, scores and the calibration (its coverage with a reference).",
     )
     parser.add_argument("input", metavar="INPUT", help="image file or DICOM series folder")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
@@ -51,6 +54,9 @@ def register(subparsers) -> None:
     parser.add_argument("--progress", choices=("bar", "lines"), default="bar",
                         help="bar: a progress bar on stderr; lines: 'PROGRESS <fraction> <message>' lines on "
                         "stdout, for a caller running this command in the background (the Slicer module)")
+    parser.add_argument("--tolerance", type=non_negative_float, default=None, metavar="T",
+                        help="with a calibrated model: write trust, 1 where the calibrated interval's half-width is at "
+                        "most T (INPUT's intensity units), else 0")
     parser.add_argument("--format", choices=_FORMATS, default="nifti",
                         help="output format (default nifti; dicom writes derived series of the input's study)")
     parser.set_defaults(run=run)
@@ -58,12 +64,16 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import sys
+    from pathlib import Path
 
     from LatentSRLib.errors import InputError
     from LatentSRLib.inference.preflight import check_sr_request
 
     # the files and the output folder first, before torch is imported: a typo is answered at once
     check_sr_request(args.input, args.output, args.model, reference=args.reference, mask=args.mask)
+    if args.tolerance is not None and not (Path(args.model) / _CALIBRATION_FILE).is_file():
+        raise InputError("--tolerance needs a calibrated model (no calibration.json): run `latentsr calibrate` on it "
+                         "first", args.model)
 
     from LatentSRLib.inference import SRSettings
     from LatentSRLib.inference.background import progress_line
@@ -80,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         return super_resolve_file(args.input, args.output, args.model, plane=args.axis, settings=settings,
                                   reference=args.reference, mask=args.mask, simulate_scale=args.simulate_scale,
                                   same_grid=args.same_grid,
-                                  device=args.device, output_format=args.format, progress=progress)
+                                  device=args.device, output_format=args.format, progress=progress,
+                                  tolerance=args.tolerance)
 
     if args.progress == "lines":
         metrics = run_file(lambda fraction, message: print(progress_line(fraction, message), flush=True))
@@ -94,5 +105,9 @@ def run(args: argparse.Namespace) -> int:
     if review:
         line += f"; PSNR SR {review['psnr_sr']} dB vs LR {review['psnr_lr']} dB (AE ceiling {review['psnr_ae_ceiling']} dB)"
     print(line)
+    calibration = metrics.get("calibration")
+    if isinstance(calibration, dict) and calibration.get("coverage") is not None:
+        print(f"calibrated intervals: coverage {calibration['coverage']:.3f} (nominal {calibration['nominal']:.2f}), "
+              f"mean half-width {calibration['mean_half_width']:.4g}")
     print(f"wrote {args.output}")
     return 0

@@ -25,6 +25,9 @@ resolved back onto the input's grid, and scored against the input. Maps, on the 
   hallucination/loss label map (+1 / -1, the AE noise floor of :mod:`LatentSRLib.metrics.hallucination`),
   with whole-volume and per-slice PSNR/SSIM of the SR and of the up-sampled input;
 * with a mask: PSNR/SSIM inside each label and in the background.
+* with a calibrated model (``latentsr calibrate``): ``interval``, the half-width of the calibrated
+  interval ``SR +- interval`` (intensity units), and with a tolerance ``trust`` (1 where the half-width
+  is at most it); :mod:`LatentSRLib.inference.intervals`.
 
 :func:`super_resolve_volume` is the library API (the Slicer module calls it with a progress
 callback and a cancel check); :mod:`LatentSRLib.inference.files` writes its results.
@@ -43,6 +46,7 @@ import torch
 from LatentSRLib.errors import InputError, LatentSRError
 from LatentSRLib.io import MedicalImage, check_pixels
 from LatentSRLib.model.folder import SRModel
+from LatentSRLib.inference.intervals import calibration_review, calibration_summary, interval_maps, model_calibration
 from LatentSRLib.inference.review import reference_review
 from LatentSRLib.model.sampling import SamplingSettings, sample_sr
 from LatentSRLib.transforms.consistency import consistency_map, data_consistent
@@ -116,11 +120,14 @@ class VolumeResult:
     difference: MedicalImage | None = None
     hallucination: MedicalImage | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    interval: MedicalImage | None = None
+    trust: MedicalImage | None = None
 
     def outputs(self) -> dict[str, MedicalImage]:
         """Name -> image of every map that was computed."""
         named = {"sr": self.sr, "uncertainty": self.uncertainty, "consistency": self.consistency,
-                 "difference": self.difference, "hallucination": self.hallucination}
+                 "difference": self.difference, "hallucination": self.hallucination,
+                 "interval": self.interval, "trust": self.trust}
         return {k: v for k, v in named.items() if v is not None}
 
 
@@ -183,6 +190,7 @@ def super_resolve_volume(
     device: str | torch.device = "auto",
     progress: ProgressCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
+    tolerance: float | None = None,
 ) -> VolumeResult:
     """Super-resolve ``image`` slice by slice.
 
@@ -201,12 +209,23 @@ def super_resolve_volume(
         device: ``"auto"``, ``"cuda"``, ``"cpu"``, ...
         progress: called with (fraction done, message) after each batch of tiles.
         cancelled: checked between batches; when it returns True, :class:`Cancelled` is raised.
+        tolerance: >= 0, intensity units: with a calibrated model, ``trust`` marks (1) the pixels whose
+            interval half-width is at most this (:mod:`LatentSRLib.inference.intervals`).
 
     Returns:
         A :class:`VolumeResult`; ``lr`` is the low-resolution scan that was super-resolved (the
-        simulated one with ``simulate``).
+        simulated one with ``simulate``). With a calibrated model (``calibration.json`` in its
+        folder) also ``interval``, the half-width of the calibrated interval ``SR +- interval``
+        (intensity units), and with ``tolerance`` the ``trust`` labels; ``metrics["calibration"]``
+        describes the calibration (``"uncalibrated"`` without one) and, with a reference, its coverage.
+
+    Raises:
+        InputError: unusable inputs (named), or a ``tolerance`` for an uncalibrated model.
     """
     check_pixels(image)
+    if tolerance is not None and not (np.isfinite(tolerance) and tolerance >= 0):
+        raise InputError(f"the tolerance must be a finite number >= 0, got {tolerance}")
+    calibration = model_calibration(model, tolerance)
     for other in (reference, mask):
         if other is not None:
             check_pixels(other, allow_constant=True)
@@ -225,7 +244,7 @@ def super_resolve_volume(
     if task.mode == "thick" and not same_grid:
         return _through_plane(model, image, plane=plane, settings=settings, reference=reference, mask=mask,
                               simulate=simulate, device=torch_device, progress=progress, cancelled=cancelled,
-                              started=started)
+                              started=started, calibration=calibration, tolerance=tolerance)
 
     if simulate:  # the truth: make the measurement from it with the training pairs' operator
         reference = image
@@ -302,7 +321,28 @@ def super_resolve_volume(
                                   batch_size=settings.batch_size or 4, autocast=settings.autocast)
         result.difference, result.hallucination = review.difference, review.hallucination
         result.metrics["reference"] = review.metrics
+    _calibrate(result, calibration, settings, tolerance, out_grid, window, layout.assemble(std_slices),
+               layout.assemble(consistency_slices), layout.assemble(sr_slices), reference, mask)
     return result
+
+
+def _calibrate(result: VolumeResult, calibration, settings: SRSettings, tolerance: float | None,
+               out_grid: MedicalImage, window: IntensityWindow, std: np.ndarray, consistency: np.ndarray,
+               sr: np.ndarray, reference: MedicalImage | None, mask: MedicalImage | None) -> None:
+    """Add the calibrated ``interval`` (and ``trust``) maps and ``metrics["calibration"]`` to ``result``;
+    ``std``, ``consistency`` and ``sr`` are volumes on the SR grid in window units."""
+    width = float(window.upper - window.lower)
+    half = None
+    if calibration is not None:
+        half, result.interval, result.trust = interval_maps(calibration, out_grid, std, consistency, width, tolerance)
+    entry, warnings = calibration_summary(calibration, samples=settings.samples,
+                                          data_consistency=settings.data_consistency, tolerance=tolerance,
+                                          trust=result.trust)
+    if calibration is not None and reference is not None:
+        hr = np.asarray(window.apply(reference.array), dtype=np.float32)
+        entry.update(calibration_review(calibration, sr, hr, half, width, None if mask is None else mask.array))
+    result.metrics["calibration"] = entry
+    result.metrics.setdefault("warnings", []).extend(warnings)
 
 
 def _sample_slices(model: SRModel, lr_fine: np.ndarray, settings: SRSettings, device: torch.device, grid: ModelGrid,
@@ -466,7 +506,7 @@ def _assemble_thick(layout: SliceLayout, slices: np.ndarray, axis: int) -> np.nd
 def _through_plane(model: SRModel, image: MedicalImage, *, plane: str, settings: SRSettings,
                    reference: MedicalImage | None, mask: MedicalImage | None, simulate: bool, device: torch.device,
                    progress: ProgressCallback | None, cancelled: Callable[[], bool] | None,
-                   started: float) -> VolumeResult:
+                   started: float, calibration=None, tolerance: float | None = None) -> VolumeResult:
     """A ``thick`` model: refine the slice axis of a thick-slice volume.
 
     The thick axis is the array axis with the largest spacing (with ``simulate``: the normal of
@@ -576,4 +616,7 @@ def _through_plane(model: SRModel, image: MedicalImage, *, plane: str, settings:
                                   autocast=settings.autocast)
         result.difference, result.hallucination = review.difference, review.hallucination
         result.metrics["reference"] = review.metrics
+    _calibrate(result, calibration, settings, tolerance, out_grid, window, uncertainty,
+               _assemble_thick(fused_layout, disagreement, axis), _assemble_thick(fused_layout, sr_slices, axis),
+               reference, mask)
     return result

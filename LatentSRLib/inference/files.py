@@ -17,6 +17,7 @@ from typing import Any
 
 from LatentSRLib.errors import InputError
 from LatentSRLib.inference.engine import SRSettings, super_resolve_volume
+from LatentSRLib.inference.intervals import model_calibration
 from LatentSRLib.inference.preflight import METRICS_FILE, check_sr_request, is_sr_folder
 from LatentSRLib.io import atomic_directory, read_image, write_image
 from LatentSRLib.model.folder import SRModel, load_sr_model
@@ -39,12 +40,14 @@ def super_resolve_file(
     device: str = "auto",
     output_format: str = "nifti",
     progress: Callable[[float, str], None] | None = None,
+    tolerance: float | None = None,
 ) -> dict[str, Any]:
     """Super-resolve the scan ``input`` with ``model`` and write every output into ``outdir``.
 
     Writes ``sr``, ``uncertainty``, ``consistency`` and, with a reference (or ``simulate_scale``),
-    ``difference``, ``hallucination`` (and ``lr``, the simulated input), plus ``metrics.json``
-    (settings, timing, scores, the written paths); see :mod:`LatentSRLib.inference.engine`.
+    ``difference``, ``hallucination`` (and ``lr``, the simulated input), with a calibrated model
+    ``interval`` (and with ``tolerance`` ``trust``), plus ``metrics.json`` (settings, timing, scores,
+    calibration, the written paths); see :mod:`LatentSRLib.inference.engine`.
 
     Args:
         input: an image file or DICOM series folder (the LR scan, or with ``simulate_scale`` the truth).
@@ -55,6 +58,8 @@ def super_resolve_file(
         same_grid: keep the input's grid even for an ``sr`` model (an input already interpolated onto
             the fine grid); by default an ``sr`` model writes on a grid ``s`` times finer in-plane.
         output_format: ``nifti``, ``nrrd``, ``metaimage`` or ``dicom`` (derived series of the input's study).
+        tolerance: intensity units; with a calibrated model, ``trust`` = 1 where the interval's
+            half-width is at most this (refused for an uncalibrated model).
         plane, settings, reference, mask, device, progress: as :func:`~.engine.super_resolve_volume`.
 
     Returns:
@@ -74,12 +79,13 @@ def super_resolve_file(
     if simulate_scale is not None and int(simulate_scale) != sr_model.task.scale:
         raise InputError(f"the model was trained for {sr_model.task.name} (factor {sr_model.task.scale}), "
                          f"not a simulated scale of {simulate_scale}", sr_model.folder)
+    model_calibration(sr_model, tolerance)  # a tolerance without a calibration is refused before any reading
     image = read_image(input)
     reference_image = read_image(reference) if reference else None
     mask_image = read_image(mask) if mask else None
     result = super_resolve_volume(sr_model, image, plane=plane, settings=settings, reference=reference_image,
                                   mask=mask_image, simulate=simulate_scale is not None, same_grid=same_grid, device=device,
-                                  progress=progress)
+                                  progress=progress, tolerance=tolerance)
     extension = OUTPUT_EXTENSIONS[output_format]
     outputs = dict(result.outputs())
     if result.metrics.get("simulated"):

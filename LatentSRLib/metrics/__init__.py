@@ -13,6 +13,7 @@ One idea per module:
 * ``agreement``: Bland-Altman agreement of a per-image quantity (mean intensity) with the true image;
 * ``roi``: PSNR and SSIM inside segmentation regions (tumour) and in the background;
 * ``regression``: does the AE ceiling predict SR quality (Pearson r, OLS) across method x dataset points;
+* ``calibration``: calibrated per-pixel intervals (risk-controlling prediction sets, Hoeffding-Bentkus);
 * ``plotting``: how every figure of the package is made and written (Agg canvas, atomic PNG).
 
 The evaluation run that uses them lives in :mod:`LatentSRLib.evaluation`.
@@ -20,6 +21,7 @@ Each module lists its public names in ``__all__``.
 """
 
 from LatentSRLib.metrics.agreement import *  # noqa: F401,F403
+from LatentSRLib.metrics.calibration import *  # noqa: F401,F403
 from LatentSRLib.metrics.fid import *  # noqa: F401,F403
 from LatentSRLib.metrics.frequency import *  # noqa: F401,F403
 from LatentSRLib.metrics.hallucination import *  # noqa: F401,F403

@@ -6,6 +6,8 @@ A model folder holds::
     config.json            everything needed to rebuild and use the model (below)
     denoiser.safetensors   the denoiser's weights (the EMA weights when training kept an EMA)
     latent_stats.json      the autoencoder's latent normalisation the model was trained with (rule 4)
+    calibration.json       only in a calibrated model (``latentsr calibrate``): its per-pixel intervals
+                           (:class:`~LatentSRLib.metrics.calibration.Calibration`)
     autoencoder/           only in a packaged model (:func:`package_sr_model`): its own autoencoder,
                            referenced by a spec relative to the model folder (``monai:autoencoder``)
 
@@ -33,6 +35,7 @@ from LatentSRLib.autoencoders.latent_stats import STATS_FILE_NAME, LatentStats
 from LatentSRLib.diffusion import ConditionalDenoiser, objective_from_dict
 from LatentSRLib.errors import InputError
 from LatentSRLib.io.atomic import atomic_path
+from LatentSRLib.metrics.calibration import CALIBRATION_FILE
 from LatentSRLib.model.config import CONFIG_FILE, MODEL_FORMAT, read_model_config
 from LatentSRLib.model.sampling import DEFAULT_STEPS, SampleSet, SamplingSettings, sample_sr
 from LatentSRLib.transforms.tasks import Task
@@ -229,6 +232,8 @@ def package_sr_model(source: str | os.PathLike, target: str | os.PathLike, *, ha
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": MODEL_FORMAT})
         shutil.copy2(source / STATS_FILE_NAME, staging / STATS_FILE_NAME)
+        if (source / CALIBRATION_FILE).is_file():  # the calibrated intervals travel with the model
+            shutil.copy2(source / CALIBRATION_FILE, staging / CALIBRATION_FILE)
         config["weights_dtype"] = "float16" if half else "float32"
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         load_sr_model(staging)  # the copy loads on its own
