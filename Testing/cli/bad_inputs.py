@@ -336,6 +336,24 @@ def build_corpus(root: Path, model: Path, vae: Path) -> list[Case]:
                                    "--no-lpips", "--batch-size", "0"], "--batch-size", [out / "screen-bad2"])
     refuse("demo-slices-negative", ["demo", "-o", out / "demo-bad", "--slices", "-1"], "--slices", [out / "demo-bad"])
 
+    # ---- calibration requests that cannot work (nothing may be written into the model folder)
+    from LatentSRLib.data.dataset import SplitRule, prepare_dataset
+    from LatentSRLib.data.slice_source import SliceSelection
+    from LatentSRLib.transforms.tasks import parse_task
+
+    dataset = prepare_dataset([good], inputs / "dataset", parse_task("sr4"), selection=SliceSelection(size=(64, 64)),
+                              split_rule=SplitRule(val_fraction=0, test_fraction=0, val_subjects=("good",)),
+                              progress=False).folder
+    refuse("calibrate-model-missing", ["calibrate", inputs / "models" / "nowhere", "--dataset", inputs / "empty-folder"],
+           "nowhere")
+    refuse("calibrate-dataset-missing", ["calibrate", model, "--dataset", inputs / "no-dataset"], "no-dataset")
+    refuse("calibrate-not-a-dataset", ["calibrate", model, "--dataset", inputs / "empty-folder"], "empty-folder")
+    refuse("calibrate-truncated-weights", ["calibrate", inputs / "models" / "truncated-weights", "--dataset", dataset],
+           "denoiser.safetensors")
+    refuse("calibrate-too-few-images", ["calibrate", model, "--dataset", dataset, "--limit", "3"], "dataset")
+    for option, value in (("--alpha", "0"), ("--alpha", "1.5"), ("--delta", "nan"), ("--samples", "0")):
+        refuse(f"calibrate{option}={value}", ["calibrate", model, "--dataset", dataset, option, value], option)
+
     # ---- outputs that cannot be written
     (out / "existing-file").write_text("not a folder\n")
     refuse("package-onto-a-file", ["package", model, "-o", out / "existing-file"], "existing-file")

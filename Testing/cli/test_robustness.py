@@ -19,7 +19,7 @@ from bad_inputs import REFUSE, Case, build_corpus
 from conftest import make_tiny_sr_model
 from LatentSRLib.cli import main
 
-COMMANDS = ("info", "degrade", "sr", "prepare", "package", "screen", "demo")
+COMMANDS = ("info", "degrade", "sr", "prepare", "package", "screen", "demo", "calibrate")
 
 
 def _digest(folder: Path) -> dict[str, str]:
