@@ -62,7 +62,7 @@ DEFAULTS = {
     "Steps": "0",  # 0: the model's default
     "Samples": "1",
     "Device": "auto",
-    "DataConsistency": "false",
+    "DataConsistency": "true",
     "Simulate": "false",
     "Seed": "0",
     "Outputs": "uncertainty,consistency,difference,hallucination",
@@ -432,8 +432,8 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
                      "--format", "nrrd"]
         if int(parameterNode.GetParameter("Steps") or 0) > 0:
             arguments += ["--steps", parameterNode.GetParameter("Steps")]
-        if self.flag(parameterNode, "DataConsistency"):
-            arguments.append("--data-consistency")
+        # explicit either way: the command's default is the fidelity end (on)
+        arguments.append("--data-consistency" if self.flag(parameterNode, "DataConsistency") else "--no-data-consistency")
         if self.flag(parameterNode, "Simulate"):
             config = readModelConfig(parameterNode.GetParameter("ModelPath"))
             arguments += ["--simulate-scale", str(config["task"]["scale"])]

@@ -33,8 +33,9 @@ def register(subparsers) -> None:
     parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
                         help="at most N evenly spaced slices of the split")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the sampling noise (default 0)")
-    parser.add_argument("--data-consistency", action="store_true",
-                        help="calibrate the SR after the data-consistency projection (for latentsr sr --data-consistency)")
+    parser.add_argument("--data-consistency", action=argparse.BooleanOptionalAction, default=True,
+                        help="calibrate the SR after the data-consistency projection, as latentsr sr outputs it by "
+                        "default (--no-data-consistency: for latentsr sr --no-data-consistency)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, cuda:N, mps, cpu")
     parser.set_defaults(run=run)
 

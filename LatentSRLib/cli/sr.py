@@ -39,8 +39,10 @@ def register(subparsers) -> None:
     parser.add_argument("--sample-background", action="store_true",
                         help="also sample tiles with no pixel above the model's background level (by default they "
                         "keep the up-sampled input: the model never trained on such tiles, and they cost nothing)")
-    parser.add_argument("--data-consistency", action="store_true",
-                        help="project each SR slice so that degrading it reproduces the input")
+    parser.add_argument("--data-consistency", action=argparse.BooleanOptionalAction, default=True,
+                        help="project each SR slice so that degrading it reproduces the measured input (default: on, "
+                        "the fidelity end: the SR keeps what was measured and adds detail only where it was not; "
+                        "--no-data-consistency: the detail end, the model's samples as they are)")
     parser.add_argument("--reference", default=None, metavar="HR_VOLUME",
                         help="the true high-resolution scan on the same grid: adds difference, hallucination, PSNR/SSIM")
     parser.add_argument("--mask", default=None, metavar="SEGMENTATION",

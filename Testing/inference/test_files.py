@@ -45,9 +45,10 @@ def test_bundle_inference_runs_the_engine_of_latentsr_sr(model_folder, scan, tmp
         model=str(model_folder), steps=2, samples=2, seed=3, device="cpu", simulate_scale=4)
     metrics = json.loads((tmp_path / "bundle" / "metrics.json").read_text())
     assert sorted(metrics["outputs"]) == ["consistency", "difference", "hallucination", "lr", "sr", "uncertainty"]
+    assert metrics["settings"]["data_consistency"] is True  # the bundle's default is the fidelity end, as the CLI's
     # the library call with the same settings gives the same volume
     direct = super_resolve_volume(load_sr_model(model_folder), read_image(scan), simulate=True, device="cpu",
-                                  settings=SRSettings(steps=2, samples=2, seed=3))
+                                  settings=SRSettings(steps=2, samples=2, seed=3, data_consistency=True))
     written = read_image(tmp_path / "bundle" / "sr.nii.gz")
     assert written.has_same_geometry(direct.sr)
     np.testing.assert_array_equal(written.array, direct.sr.array)
