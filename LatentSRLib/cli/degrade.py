@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     parser.add_argument("--profile", choices=("gaussian", "box"), default="gaussian",
                         help="thick mode: slice profile, a Gaussian of FWHM SCALE slices or the mean of "
                         "SCALE slices (default gaussian)")
+    parser.add_argument("--coarse-grid", action="store_true",
+                        help="sr mode: write the measurement on its own grid, SCALE times coarser in-plane (same field "
+                        "of view), as a scanner stores a low-resolution scan: the input of a real `latentsr sr` run")
     parser.add_argument("--format", default=None,
                         help="output format when the name does not tell (e.g. dicom for a series folder)")
     parser.set_defaults(run=run)
@@ -56,9 +59,20 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("no such file or folder", args.input)
     refuse_overwriting_inputs(output, [args.input])
     check_writable(output)
-    from LatentSRLib.transforms.simulation import simulate_low_resolution  # torch and MONAI: only when there is work to do
+    if args.coarse_grid and (args.mode != "sr" or args.noise > 0):
+        from LatentSRLib.errors import InputError
+
+        raise InputError("--coarse-grid is the noise-free in-plane measurement: use it with --mode sr and no --noise")
+    from LatentSRLib.transforms.simulation import simulate_coarse_scan, simulate_low_resolution  # torch, MONAI: only for work
 
     image = read_image(args.input)
+    if args.coarse_grid:
+        low = simulate_coarse_scan(image, args.scale, plane=args.axis)
+        written = write_image(low, output, format=fmt, inputs=[args.input],
+                              series_description=f"LatentSR simulated low resolution (x{args.scale}, coarse grid)")
+        print(f"wrote {written} ({' x '.join(str(n) for n in low.array.shape[::-1])} voxels of "
+              f"{' x '.join(f'{v:g}' for v in low.spacing)} mm)")
+        return 0
     if args.mode == "thick":
         from LatentSRLib.transforms.thick import simulate_thick_slices
 

@@ -3,6 +3,8 @@
 The one place where a degradation meets a real file: window to [0,1], degrade every slice of the
 chosen plane in-plane, put the slices back, and return to the source's units and dtype. Used by
 ``latentsr degrade``, by evaluation with ``--simulate-scale`` and by the Slicer module.
+:func:`simulate_coarse_scan` writes the in-plane measurement on its own coarse grid instead, as a
+scanner stores a low-resolution acquisition: the input of a real super-resolution run.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import torch
 from LatentSRLib.errors import InputError
 from LatentSRLib.io import MedicalImage, check_pixels
 from LatentSRLib.transforms.degradations import make_degradation
+from LatentSRLib.transforms.grids import coarse_image, downsample
 from LatentSRLib.transforms.intensity import PercentileWindow
 from LatentSRLib.transforms.slicing import SliceLayout
 
-__all__ = ["simulate_low_resolution"]
+__all__ = ["simulate_coarse_scan", "simulate_low_resolution"]
 
 
 def simulate_low_resolution(
@@ -62,3 +65,32 @@ def simulate_low_resolution(
         restored,
         degradation={"mode": mode, "scale": scale, "noise": noise, "seed": seed, "plane": layout.plane, **options},
     )
+
+
+def simulate_coarse_scan(image: MedicalImage, scale: int = 4, *, plane: str = "axial") -> MedicalImage:
+    """The low-resolution scan of ``image`` on its own coarse grid: ``scale`` times coarser in-plane
+    (same field of view, outer pixel edges kept; :mod:`~LatentSRLib.transforms.grids`), as a scanner
+    stores a low-resolution acquisition.
+
+    The measurement is the grid's one forward operator (``downsample``: edge extension to a multiple
+    of ``scale``, antialiased bicubic, no noise) applied to every slice of ``plane`` in source units
+    scaled to [0, 1] (min-max, so the round trip is exact), then returned to the source's units and
+    dtype (integers rounded). It is exactly what ``latentsr sr --simulate-scale`` measures (rule 11),
+    so a model meets the degradation it learned. ``image``: a 2D image or 3D volume of any real dtype.
+    Returns a ``(ceil(H / scale), ceil(W / scale))``-per-slice image with the slice axis unchanged.
+    """
+    check_pixels(image)
+    if scale < 1:
+        raise InputError(f"the scale must be a positive integer, not {scale}", image.path)
+    windowed, window = PercentileWindow(lower_percentile=0.0, upper_percentile=100.0, clip=False)(image.array)
+    layout = SliceLayout.for_image(image, plane)
+    if min(layout.slice_shape) < scale:
+        raise InputError(f"slices of {layout.slice_shape[0]} x {layout.slice_shape[1]} pixels are smaller than the scale "
+                         f"{scale}", image.path)
+    slices = torch.as_tensor(np.ascontiguousarray(layout.extract(np.asarray(windowed, dtype=np.float32))))
+    coarse = downsample(slices[:, None], scale)[:, 0].numpy()
+    axes = (0, 1) if layout.plane == "image" else (layout.axes[1], layout.axes[2])
+    grid = coarse_image(image, axes, scale)
+    coarse_layout = SliceLayout.for_image(grid, layout.plane if layout.plane != "image" else "axial")
+    return grid.with_array(window.invert(coarse_layout.assemble(coarse)),
+                           degradation={"mode": "sr", "scale": scale, "grid": "coarse", "plane": layout.plane})

@@ -115,6 +115,29 @@ def test_degrade_dicom_series_to_derived_series(capsys, tmp_path, t1_3slice_dir)
     assert "low resolution" in lr.metadata["series_description"]
 
 
+def test_degrade_coarse_grid_writes_the_scan_a_scanner_would_store(capsys, tmp_path, brats_flair):
+    from PIL import Image
+
+    from LatentSRLib.transforms.grids import fine_image
+
+    hr = read_image(brats_flair)  # 240 x 240 x 155 at 1 mm
+    out = tmp_path / "lr4.nii.gz"
+    code, stdout, err = run_cli(capsys, "degrade", brats_flair, "-o", out, "--coarse-grid")
+    assert code == 0, err
+    assert "60 x 60 x 155 voxels of 4 x 4 x 1 mm" in stdout
+    lr = read_image(out)
+    assert lr.shape == (155, 60, 60) and lr.array.dtype == hr.array.dtype
+    # same field of view: its 4x finer grid is the input's grid
+    assert fine_image(lr, [1, 2], 4).has_same_geometry(hr, atol=1e-4)
+    # each axial slice is the antialiased bicubic reduction (PIL's, computed independently), rounded to int16
+    middle = hr.array[77].astype(np.float32)
+    expected = np.asarray(Image.fromarray(middle, "F").resize((60, 60), Image.BICUBIC))
+    assert np.abs(lr.array[77] - expected).max() <= 0.5 + 1e-3
+    # it is noise-free in-plane SR only
+    code, _, err = run_cli(capsys, "degrade", brats_flair, "-o", tmp_path / "x.nii.gz", "--coarse-grid", "--noise", "0.1")
+    _assert_one_line_error(code, err, "--coarse-grid")
+
+
 # --------------------------------------------------------------------------------------- thick slices
 def test_degrade_thick_writes_the_coarse_grid_whose_fine_grid_is_the_input(capsys, tmp_path, brats_flair):
     from LatentSRLib.transforms.grids import fine_image
