@@ -122,6 +122,9 @@ class VolumeResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     interval: MedicalImage | None = None
     trust: MedicalImage | None = None
+    #: with a reference: the model's input, the measured scan up-sampled onto the SR grid by the grid's
+    #: bicubic (float32, source units): the baseline every SR is scored against. Not an output file.
+    bicubic: MedicalImage | None = None
 
     def outputs(self) -> dict[str, MedicalImage]:
         """Name -> image of every map that was computed."""
@@ -321,6 +324,8 @@ def super_resolve_volume(
                                   batch_size=settings.batch_size or 4, autocast=settings.autocast)
         result.difference, result.hallucination = review.difference, review.hallucination
         result.metrics["reference"] = review.metrics
+        result.bicubic = out_grid.with_array((layout.assemble(lr_fine) * width + window.lower).astype(np.float32),
+                                             latentsr_output="bicubic up-sampling of the input", **as_float)
     _calibrate(result, calibration, settings, tolerance, out_grid, window, layout.assemble(std_slices),
                layout.assemble(consistency_slices), layout.assemble(sr_slices), reference, mask)
     return result
@@ -616,6 +621,8 @@ def _through_plane(model: SRModel, image: MedicalImage, *, plane: str, settings:
                                   autocast=settings.autocast)
         result.difference, result.hallucination = review.difference, review.hallucination
         result.metrics["reference"] = review.metrics
+        result.bicubic = out_grid.with_array((layout.assemble(lr_fine) * width + window.lower).astype(np.float32),
+                                             latentsr_output="bicubic up-sampling of the input", **as_float)
     _calibrate(result, calibration, settings, tolerance, out_grid, window, uncertainty,
                _assemble_thick(fused_layout, disagreement, axis), _assemble_thick(fused_layout, sr_slices, axis),
                reference, mask)
