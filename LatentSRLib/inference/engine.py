@@ -621,8 +621,9 @@ def _through_plane(model: SRModel, image: MedicalImage, *, plane: str, settings:
                                   autocast=settings.autocast)
         result.difference, result.hallucination = review.difference, review.hallucination
         result.metrics["reference"] = review.metrics
-        result.bicubic = out_grid.with_array((layout.assemble(lr_fine) * width + window.lower).astype(np.float32),
-                                             latentsr_output="bicubic up-sampling of the input", **as_float)
+        result.bicubic = out_grid.with_array(
+            (_assemble_thick(fused_layout, lr_fine_first, axis) * width + window.lower).astype(np.float32),
+            latentsr_output="interpolation of the input along the thick axis", **as_float)
     _calibrate(result, calibration, settings, tolerance, out_grid, window, uncertainty,
                _assemble_thick(fused_layout, disagreement, axis), _assemble_thick(fused_layout, sr_slices, axis),
                reference, mask)

@@ -91,7 +91,7 @@ def evaluate_real_scans(
     "runs": {"dc" | "no_dc": {volume metrics, "seconds", "per_slice": [{slice, psnr_sr, psnr_lr,
     ssim_sr, ssim_lr[, lpips_sr, lpips_lr]}]}}}}}``, slice numbers in the original volume.
     """
-    from LatentSRLib.inference import SRSettings, super_resolve_volume
+    from LatentSRLib.inference.engine import SRSettings, super_resolve_volume
     from LatentSRLib.model.folder import load_sr_model
     from LatentSRLib.transforms.intensity import IntensityWindow
     from LatentSRLib.transforms.simulation import simulate_coarse_scan

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from LatentSRLib.errors import InputError
-from LatentSRLib.evaluation.real_scans import evaluate_real_scans, load_real_scans, slab_of, summarise
+from LatentSRLib.inference.real_scans import evaluate_real_scans, load_real_scans, slab_of, summarise
 from LatentSRLib.io import MedicalImage, read_image, write_image
 from conftest import make_tiny_sr_model
 

@@ -7,7 +7,7 @@
 Writes ``MODEL/results/real_scans.json`` (every scan, data consistency on and off, the model's default
 steps) and, with ``--steps-curve``, ``MODEL/results/steps.json`` (one scan, both operating points, each
 step count): per-slice PSNR, SSIM and LPIPS of the SR and of bicubic up-sampling of the same real
-low-resolution scan (:mod:`LatentSRLib.evaluation.real_scans`). ``write_card.py`` turns them into the
+low-resolution scan (:mod:`LatentSRLib.inference.real_scans`). ``write_card.py`` turns them into the
 model card's tables. Hours of CPU for a whole test split; minutes on a GPU.
 """
 
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from LatentSRLib.evaluation.real_scans import evaluate_real_scans
+from LatentSRLib.inference.real_scans import evaluate_real_scans
 from LatentSRLib.io.atomic import atomic_path
 
 

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from LatentSRLib.evaluation.real_scans import load_real_scans, summarise
+from LatentSRLib.inference.real_scans import load_real_scans, summarise
 from LatentSRLib.io.atomic import atomic_path
 
 RUNS = {"dc": "fidelity end (data consistency, the default)", "no_dc": "detail end (`--no-data-consistency`)"}
