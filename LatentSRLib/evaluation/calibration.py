@@ -44,7 +44,7 @@ from LatentSRLib.model.folder import SRModel, load_sr_model
 from LatentSRLib.model.sampling import SamplingSettings, sample_sr
 from LatentSRLib.transforms.consistency import consistency_map, data_consistent
 
-__all__ = ["CalibrationMaps", "calibrate_maps", "calibrate_model", "calibration_maps"]
+__all__ = ["CalibrationMaps", "calibrate_maps", "calibrate_model", "calibration_maps", "check_pairing"]
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -68,7 +68,8 @@ class CalibrationMaps:
     consistency: np.ndarray
 
 
-def _check_pairing(model: SRModel, dataset: PreparedDataset, where: Path) -> None:
+def check_pairing(model: SRModel, dataset: PreparedDataset, where: Path) -> None:
+    """Refuse (:class:`InputError` naming ``where``) a dataset on another grid or of another task than the model's."""
     # the model must be fed the degradation it learned, on its own grid (rule 11)
     grid = tuple(int(v) for v in model.config.get("grid", {}).get("size", dataset.size))
     if grid != tuple(dataset.size):
@@ -176,7 +177,7 @@ def calibrate_model(model_folder: str | os.PathLike, dataset_dir: str | os.PathL
     if not dataset.indices(split):
         raise InputError(f"the dataset has no {split} slices", dataset_dir)
     model = load_sr_model(model_folder, device=resolve_device(device))
-    _check_pairing(model, dataset, dataset_dir)
+    check_pairing(model, dataset, dataset_dir)
     sampling = SamplingSettings(steps=steps, samples=int(samples), seed=int(seed)).resolved(
         model.objective, model.config.get("sampling"), model_folder)
     maps = calibration_maps(model, dataset, split, samples=samples, steps=sampling.steps, seed=seed, limit=limit,

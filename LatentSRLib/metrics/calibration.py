@@ -26,6 +26,11 @@ Everything works in the intensity window's [0, 1] units (the engine's); widths c
 units by the window's width alone (no offset). :class:`Calibration` is what a model folder records
 (``calibration.json``). numpy and scipy only.
 
+Assessing a calibration on images it was not fitted on (the evaluation behind ``latentsr calibrate
+--assess``): :func:`image_coverage` (the quantity the bound controls), :func:`reliability_curve`
+(nominal against empirical coverage over a range of levels) and :func:`width_auroc` (does a width map
+rank the pixels that a ground-truth analysis flags above the others).
+
 Heuristic: ``sqrt(std**2 + consistency**2) + floor`` with ``floor`` = :data:`DEFAULT_FLOOR` of the
 window, so one sample (std = 0) still gives a width that is not zero where the SR agrees with the
 measurement (:func:`heuristic_width` says how it was chosen).
@@ -50,17 +55,22 @@ __all__ = [
     "FOREGROUND_LEVEL",
     "HEURISTIC",
     "METHOD",
+    "RELIABILITY_LEVELS",
     "Calibration",
+    "ReliabilityPoint",
     "calibrate_lambda",
     "coverage",
     "heuristic_width",
     "hoeffding_bentkus_p_value",
     "hoeffding_bentkus_ucb",
+    "image_coverage",
     "lambda_grid",
     "mean_half_width",
     "minimum_images",
     "normalised_errors",
+    "reliability_curve",
     "risk_table",
+    "width_auroc",
 ]
 
 CALIBRATION_FILE = "calibration.json"
@@ -74,6 +84,8 @@ DEFAULT_FLOOR = 0.05
 #: foreground pixels are those of the true image above this level of the window (the background
 #: rule of :mod:`LatentSRLib.data.slice_source`): the empty field of view is not counted as covered
 FOREGROUND_LEVEL = 0.05
+#: the nominal coverages ``1 - alpha`` of a reliability diagram (:func:`reliability_curve`)
+RELIABILITY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99)
 
 
 def heuristic_width(std: np.ndarray, consistency: np.ndarray, floor: float = DEFAULT_FLOOR) -> np.ndarray:
@@ -274,6 +286,114 @@ def mean_half_width(half_width: np.ndarray, mask: np.ndarray | None = None) -> f
     if mask is not None:
         values = values[np.asarray(mask, dtype=bool)]
     return float(values.mean()) if values.size else math.nan
+
+
+def image_coverage(scores: Sequence[np.ndarray], lam: float) -> float:
+    """Mean over images of the fraction of each image's pixels inside the interval at ``lam``: one
+    minus the mean risk, the quantity the calibration's guarantee is about (each image weighs the
+    same, whatever its number of foreground pixels).
+
+    Args:
+        scores: per image, ``(P_i,)`` sorted ascending (:func:`normalised_errors`); images with no
+            pixel are left out (they have no coverage to speak of).
+        lam: the multiplier (>= 0; NaN gives NaN).
+
+    Returns:
+        In [0, 1]; NaN when no image has a pixel or ``lam`` is NaN.
+    """
+    kept = [s for s in scores if len(s)]
+    if not kept or not math.isfinite(lam):
+        return math.nan
+    return float(1.0 - risk_table(kept, np.array([float(lam)]))[:, 0].mean())
+
+
+@dataclass(frozen=True)
+class ReliabilityPoint:
+    """One point of a reliability diagram.
+
+    Attributes:
+        nominal: the promised coverage ``1 - alpha``.
+        lam: the risk-controlling ``lam`` (Hoeffding-Bentkus, confidence ``1 - delta``) fitted on the
+            calibration images; NaN when they are too few to certify ``alpha`` (see :func:`minimum_images`).
+        coverage: :func:`image_coverage` of the held-out images at ``lam`` (NaN with ``lam``).
+        lam_point: the smallest grid ``lam`` at which the calibration images' mean risk is <= ``alpha``
+            (the large-n limit, no finite-sample margin): it shows whether the held-out images behave
+            like the calibration images, apart from the bound's slack.
+        coverage_point: :func:`image_coverage` of the held-out images at ``lam_point``.
+    """
+
+    nominal: float
+    lam: float
+    coverage: float
+    lam_point: float
+    coverage_point: float
+
+
+def reliability_curve(calibration_scores: Sequence[np.ndarray], test_scores: Sequence[np.ndarray],
+                      levels: Sequence[float] = RELIABILITY_LEVELS, delta: float = 0.1,
+                      grid_size: int = 1000) -> list[ReliabilityPoint]:
+    """Nominal against empirical coverage: for each level ``1 - alpha``, ``lam`` is fitted on the
+    calibration images' scores (as :func:`calibrate_lambda` fits it, on the :func:`lambda_grid` of
+    those scores) and the coverage is measured on the test images' scores.
+
+    Args:
+        calibration_scores: per calibration image, ``(P_i,)`` sorted (:func:`normalised_errors`).
+        test_scores: per held-out image, likewise (images the calibration never saw).
+        levels: nominal coverages, each in (0, 1).
+        delta: 1 - the confidence of the bound, in (0, 1).
+        grid_size: positive values in the ``lam`` grid.
+
+    Returns:
+        One :class:`ReliabilityPoint` per level, in the order given.
+    """
+    grid = lambda_grid(calibration_scores, grid_size)
+    risks = risk_table(calibration_scores, grid)
+    means = risks.mean(axis=0) if len(calibration_scores) else np.full(grid.size, np.nan)
+    points = []
+    for level in levels:
+        alpha = round(1.0 - float(level), 12)  # 1 - 0.9 is 0.09999999999999998: keep the alpha that was meant
+        if not 0 < alpha < 1:
+            raise ValueError(f"a nominal coverage must lie in (0, 1), got {level}")
+        try:
+            lam = calibrate_lambda(risks, grid, alpha, delta)
+        except ValueError:  # too few calibration images for this level: no certified interval
+            lam = math.nan
+        reached = np.flatnonzero(means <= alpha)  # mean risk falls with lam: the first index is the smallest
+        lam_point = float(grid[reached[0]]) if reached.size else math.nan
+        points.append(ReliabilityPoint(float(level), lam, image_coverage(test_scores, lam), lam_point,
+                                       image_coverage(test_scores, lam_point)))
+    return points
+
+
+def width_auroc(score: np.ndarray, flagged: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """AUROC of a per-pixel score at flagging pixels: the probability that a flagged pixel scores
+    higher than an unflagged one, ties counting one half (0.5: no better than chance; 1: every
+    flagged pixel above every other; below 0.5: the score points the wrong way).
+
+    Computed as the Mann-Whitney U statistic of the flagged scores against the others divided by the
+    number of pairs (``scipy.stats.mannwhitneyu``; its mid-rank tie handling gives the half).
+
+    Args:
+        score: ``(...)`` the per-pixel score (e.g. an interval half-width, the std across samples).
+        flagged: bool of the same shape, the positive pixels (e.g. hallucinated or lost).
+        mask: bool of the same shape, the pixels that count (default all).
+
+    Returns:
+        In [0, 1]; NaN when the counted pixels are all flagged or all unflagged.
+    """
+    score = np.asarray(score, dtype=np.float64)
+    flagged = np.asarray(flagged, dtype=bool)
+    if score.shape != flagged.shape or (mask is not None and np.shape(mask) != score.shape):
+        raise ValueError(f"shapes differ: score {score.shape}, flagged {flagged.shape}"
+                         + ("" if mask is None else f", mask {np.shape(mask)}"))
+    if mask is not None:
+        keep = np.asarray(mask, dtype=bool)
+        score, flagged = score[keep], flagged[keep]
+    positives, negatives = score[flagged], score[~flagged]
+    if positives.size == 0 or negatives.size == 0:
+        return math.nan
+    u = stats.mannwhitneyu(positives, negatives, alternative="two-sided", method="asymptotic").statistic
+    return float(u) / (positives.size * negatives.size)
 
 
 @dataclass(frozen=True)

@@ -354,10 +354,38 @@ def build_corpus(root: Path, model: Path, vae: Path) -> list[Case]:
     for option, value in (("--alpha", "0"), ("--alpha", "1.5"), ("--delta", "nan"), ("--samples", "0")):
         refuse(f"calibrate{option}={value}", ["calibrate", model, "--dataset", dataset, option, value], option)
 
+    # ---- assessing a stored calibration (--assess): the split, the output, the record itself
+    calibrated = inputs / "models" / "calibrated"
+    shutil.copytree(model, calibrated)
+    (calibrated / "calibration.json").write_text(json.dumps({
+        "format": "latentsr.calibration", "lam": 2.0, "alpha": 0.1, "delta": 0.1, "samples": 1, "split": "val",
+        "images": 30}))
+    damaged = inputs / "models" / "damaged-calibration"
+    shutil.copytree(model, damaged)
+    (damaged / "calibration.json").write_text('{"lam": 2.0, "split": ')
+    refuse("calibrate-assess-uncalibrated", ["calibrate", model, "--dataset", dataset, "--assess", "test", "-o",
+                                             out / "assess-a"], "calibration.json", [out / "assess-a"])
+    refuse("calibrate-assess-damaged-calibration", ["calibrate", damaged, "--dataset", dataset, "--assess", "test",
+                                                    "-o", out / "assess-b"], "calibration.json", [out / "assess-b"])
+    refuse("calibrate-assess-the-calibration-split", ["calibrate", calibrated, "--dataset", dataset, "--assess", "val",
+                                                      "-o", out / "assess-c"], "--assess", [out / "assess-c"])
+    refuse("calibrate-assess-an-empty-split", ["calibrate", calibrated, "--dataset", dataset, "--assess", "test", "-o",
+                                               out / "assess-d", "--device", "cpu"], "inputs/dataset", [out / "assess-d"])
+    refuse("calibrate-assess-without-output", ["calibrate", calibrated, "--dataset", dataset, "--assess", "test"],
+           "--output")
+    refuse("calibrate-output-without-assess", ["calibrate", calibrated, "--dataset", dataset, "-o", out / "assess-e"],
+           "--assess", [out / "assess-e"])
+    refuse("calibrate-assess-with-alpha", ["calibrate", calibrated, "--dataset", dataset, "--assess", "test", "-o",
+                                           out / "assess-f", "--alpha", "0.2"], "--alpha", [out / "assess-f"])
+    refuse("calibrate-assess-unknown-split", ["calibrate", calibrated, "--dataset", dataset, "--assess", "holdout",
+                                              "-o", out / "assess-g"], "--assess", [out / "assess-g"])
+
     # ---- outputs that cannot be written
     (out / "existing-file").write_text("not a folder\n")
     refuse("package-onto-a-file", ["package", model, "-o", out / "existing-file"], "existing-file")
     refuse("sr-onto-a-file", ["sr", good, "-o", out / "existing-file", "--model", model], "existing-file")
+    refuse("calibrate-assess-onto-a-file", ["calibrate", calibrated, "--dataset", dataset, "--assess", "test", "-o",
+                                           out / "existing-file"], "existing-file")
     if os.geteuid() != 0:  # root writes anywhere but on a read-only file system (the /proc cases below)
         locked = out / "read-only"
         locked.mkdir()
