@@ -5,7 +5,8 @@
 ``--demo`` first re-runs the demo case recorded in ``card.json`` (the run ``Testing/demo`` reproduces)
 and stores its figures there. Then every block of the model's README.md between
 ``<!-- generated: NAME -->`` and ``<!-- end generated: NAME -->`` is rewritten from ``card.json`` and
-``results/*.json`` (written by ``measure_model.py``): ``real-scans`` (per contrast and overall, both
+``results/*`` (written by ``measure_model.py``; ``validation.csv`` is the training run's
+``val_log.csv``): ``validation`` (the validation curve), ``real-scans`` (per contrast and overall, both
 operating points, against bicubic, with the paired difference), ``targets`` (the reference-model
 issue's targets, met or not, with the measured values), ``steps`` (quality against sampling steps)
 and ``demo``. Blocks whose results are missing are left as they are.
@@ -42,7 +43,8 @@ def real_scans_block(results: dict[str, Any]) -> str:
     lines = [f"Real {settings['scale']}x low-resolution scans ({first['lr_shape'][1]} x {first['lr_shape'][2]} pixels of "
              f"{first['lr_spacing'][0]:g} x {first['lr_spacing'][1]:g} mm, made with `latentsr degrade --coarse-grid`) "
              f"super-resolved by the engine of `latentsr sr` with {settings['steps'] or 'the default'} steps and "
-             f"{settings['samples']} sample(s), every {settings['every']}th axial slice with anatomy, scored against "
+             f"{settings['samples']} sample(s), on axial slices {first['slices'][0]}, {first['slices'][0] + settings['every']}, ... "
+             f"{first['slices'][-1]} (those with anatomy scored), against "
              f"the true 1 mm slices in the scan's intensity window. Cells: PSNR (dB) / SSIM / LPIPS; LPIPS is {lpips}.",
              "", "| scan | slices | bicubic | " + " | ".join(RUNS.values()) + " |", "| --- | --- | --- | --- | --- |"]
     for name in results["scans"]:
@@ -108,6 +110,18 @@ def steps_block(curve: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def validation_block(path: Path) -> str:
+    import csv
+
+    rows = list(csv.DictReader(path.open()))
+    columns = [("val_psnr", "SR PSNR (dB)"), ("val_dc_psnr", "with data consistency (dB)"), ("val_lr_psnr", "LR input PSNR (dB)")]
+    lines = ["| iteration | " + " | ".join(r["iteration"] for r in rows) + " |", "| --- |" + " --- |" * len(rows)]
+    for key, label in columns:
+        if rows and key in rows[0]:
+            lines.append(f"| {label} | " + " | ".join(f"{float(r[key]):.2f}" if r[key] else "" for r in rows) + " |")
+    return "\n".join(lines)
+
+
 def demo_block(card: dict[str, Any]) -> str:
     demo = card["demo"]
     return (f"`latentsr demo` ({demo['input']}; {demo['slices']} slices, {demo['steps']} steps, {demo['samples']} "
@@ -134,10 +148,8 @@ def measure_demo(folder: Path, card: dict[str, Any]) -> None:
 
 
 def replace_block(text: str, name: str, body: str) -> str:
-    pattern = re.compile(rf"(<!-- generated: {re.escape(name)} -->\n).*?(\n<!-- end generated: {re.escape(name)} -->)", re.S)
-    if not pattern.search(text):
-        return text
-    return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+    pattern = re.compile(rf"(<!-- generated: {re.escape(name)} -->\n).*?(<!-- end generated: {re.escape(name)} -->)", re.S)
+    return pattern.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         measure_demo(folder, card)
     readme = folder / "README.md"
     text = readme.read_text()
+    if (folder / "results" / "validation.csv").is_file():
+        text = replace_block(text, "validation", validation_block(folder / "results" / "validation.csv"))
     if (folder / "results" / "real_scans.json").is_file():
         results = load_real_scans(folder / "results" / "real_scans.json")
         text = replace_block(text, "real-scans", real_scans_block(results))
