@@ -17,7 +17,14 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from LatentSRLogic import OUTPUTS, LatentSRLogic, formatDuration, missingRequirements, readModelConfig
+from LatentSRLogic import (
+    OUTPUTS,
+    LatentSRLogic,
+    calibrationStatus,
+    formatDuration,
+    missingRequirements,
+    readModelConfig,
+)
 
 REQUIREMENTS = Path(__file__).resolve().parent / "Resources" / "requirements.txt"
 # the widgets that edit a plain parameter: (widget name, parameter, kind)
@@ -32,6 +39,7 @@ PARAMETER_WIDGETS = (
     ("overlayComboBox", "Overlay", "combo"),
     ("overlayOpacitySliderWidget", "OverlayOpacity", "slider"),
     ("showHallucinationCheckBox", "ShowHallucination", "check"),
+    ("trustToleranceLineEdit", "TrustTolerance", "text"),
 )
 # the widgets that select a node: (widget name, parameter-node reference)
 NODE_WIDGETS = (
@@ -95,6 +103,7 @@ class LatentSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name in ("stepsSpinBox", "samplesSpinBox"):
             getattr(self.ui, name).connect("valueChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.overlayOpacitySliderWidget.connect("valueChanged(double)", self.updateParameterNodeFromGUI)
+        self.ui.trustToleranceLineEdit.connect("textChanged(QString)", self.updateParameterNodeFromGUI)
         for name in ("dataConsistencyCheckBox", "simulateCheckBox", "showHallucinationCheckBox", *OUTPUT_CHECKBOXES.values()):
             getattr(self.ui, name).connect("toggled(bool)", self.updateParameterNodeFromGUI)
         # overlay settings apply to an existing comparison at once
@@ -152,6 +161,7 @@ class LatentSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingGUI = True
         try:
             node = self._parameterNode
+            self.updateOverlayChoices(self.logic.overlayChoices(node))
             for name, reference in NODE_WIDGETS:
                 getattr(self.ui, name).setCurrentNode(node.GetNodeReference(reference))
             for name, key, kind in PARAMETER_WIDGETS:
@@ -164,6 +174,9 @@ class LatentSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     widget.value = int(value or 0)
                 elif kind == "slider":
                     widget.value = float(value or 0)
+                elif kind == "text":
+                    if widget.text != value:  # keep the cursor while typing
+                        widget.text = value
                 else:
                     widget.checked = value.lower() == "true"
             outputs = set(self.logic.requestedOutputs(node))
@@ -171,8 +184,15 @@ class LatentSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 getattr(self.ui, name).checked = role in outputs
             simulate = self.logic.flag(node, "Simulate")
             self.ui.referenceVolumeSelector.enabled = not simulate
-            note = self.logic.resolutionNote(node)
-            self.ui.modelInfoLabel.text = self.modelDescription(node.GetParameter("ModelPath")) + (f"\n{note}" if note else "")
+            notes = [self.modelDescription(node.GetParameter("ModelPath")), self.logic.resolutionNote(node),
+                     self.logic.calibrationNote(node)]
+            self.ui.modelInfoLabel.text = "\n".join(note for note in notes if note)
+            calibrated = self.logic.modelCalibration(node) is not None
+            self.ui.trustToleranceLineEdit.enabled = calibrated
+            self.ui.trustToleranceLineEdit.toolTip = (
+                "Intensity units of the input: pixels whose calibrated interval half-width is at most this are "
+                "trusted; the others are highlighted. Empty: no trust mask." if calibrated else
+                "Needs a calibrated model (latentsr calibrate); this model is uncalibrated.")
             running = self.job is not None
             self.ui.applyButton.enabled = not running and node.GetNodeReference("InputVolume") is not None
             self.ui.applyButton.toolTip = "Super-resolve the input volume." if self.ui.applyButton.enabled else "Select an input volume."
@@ -198,6 +218,8 @@ class LatentSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     value = widget.currentText
                 elif kind in ("spin", "slider"):
                     value = str(widget.value)
+                elif kind == "text":
+                    value = widget.text.strip()
                 else:
                     value = "true" if widget.checked else "false"
                 node.SetParameter(key, value)
@@ -205,6 +227,20 @@ class LatentSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                   if getattr(self.ui, name).checked))
         finally:
             node.EndModify(wasModified)
+
+    def updateOverlayChoices(self, choices):
+        """Offer exactly ``choices`` in the overlay box (the calibrated ones come and go with the model);
+        no signals while the items change: the parameter node keeps its choice."""
+        combo = self.ui.overlayComboBox
+        if [combo.itemText(i) for i in range(combo.count)] == list(choices):
+            return
+        combo.blockSignals(True)
+        try:
+            combo.clear()
+            for choice in choices:
+                combo.addItem(choice)
+        finally:
+            combo.blockSignals(False)
 
     @staticmethod
     def modelDescription(path):
@@ -297,8 +333,11 @@ class LatentSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for line in job.background.log:
                 self.appendLog(line)
             self.ui.progressBar.value = 1000
+            calibration = calibrationStatus(metrics)
             self.ui.statusLabel.text = (f"Done: {metrics.get('slices')} slices in {metrics.get('seconds', 0):.1f} s "
-                                        f"on {metrics.get('device')}.")
+                                        f"on {metrics.get('device')}." + (f"\n{calibration}" if calibration else ""))
+            if calibration:
+                self.appendLog(calibration)
             self.logic.showComparison(self._parameterNode)
         self.updateGUIFromParameterNode()
 
@@ -356,6 +395,14 @@ class LatentSRTest(ScriptedLoadableModuleTest):
             node = parameterNode.GetNodeReference(OUTPUTS[role][0])
             self.assertIsNotNone(node, role)
             self.assertTrue(LatentSRLogic.sameGeometry(node, volume), role)
+        # the calibrated interval only from a calibrated model; an uncalibrated one says so
+        if logic.modelCalibration(parameterNode) is None:
+            self.assertEqual(metrics["calibration"], "uncalibrated")
+            self.assertIsNone(parameterNode.GetNodeReference(OUTPUTS["interval"][0]))
+            self.assertNotIn("interval", logic.overlayChoices(parameterNode))
+        else:
+            self.assertIn("coverage", metrics["calibration"])
+            self.assertIsNotNone(parameterNode.GetNodeReference(OUTPUTS["interval"][0]))
         logic.showComparison(parameterNode)
         table = parameterNode.GetNodeReference("MetricsTable")
         self.assertGreater(table.GetNumberOfRows(), 3)

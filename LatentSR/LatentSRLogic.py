@@ -7,7 +7,10 @@ against real MRML nodes (``slicer-core``):
 * the run: in-process (:meth:`LatentSRLogic.process`, for scripts and tests) or in a background
   PythonSlicer process (:meth:`LatentSRLogic.startBackground`, what the GUI uses: Slicer stays
   responsive and Cancel stops the work at once);
-* results into output nodes created on demand, the hallucination map as a label map;
+* results into output nodes created on demand, the hallucination map as a label map; with a calibrated
+  model (``calibration.json`` in its folder) the calibrated interval's half-width and, with a trust
+  tolerance, the trust mask (a label map, untrusted pixels highlighted); an uncalibrated model says so
+  and gets neither (no interval is ever made from the raw maps);
 * the compare layout: original left, SR right with the chosen map as a coloured foreground, views
   linked, the metrics in a table node below;
 * every setting and output in the module's parameter node, so it is saved with the scene.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -39,8 +43,10 @@ if (_CHECKOUT / "LatentSRLib" / "__init__.py").is_file() and str(_CHECKOUT) not 
 
 PLANES = ("axial", "coronal", "sagittal")
 DEVICES = ("auto", "cuda", "cpu")
-# maps that can be shown as the coloured foreground over the SR volume
+# maps that can be shown as the coloured foreground over the SR volume; a calibrated model adds
+# CALIBRATED_OVERLAYS (:meth:`LatentSRLogic.overlayChoices`)
 OVERLAYS = ("none", "difference", "uncertainty", "consistency")
+CALIBRATED_OVERLAYS = ("interval", "trust")
 # output role -> (parameter-node reference, node name suffix)
 OUTPUTS = {
     "sr": ("OutputSR", "SR"),
@@ -49,9 +55,17 @@ OUTPUTS = {
     "difference": ("OutputDifference", "difference"),
     "hallucination": ("OutputHallucination", "hallucination"),
     "lr": ("OutputLR", "simulated LR"),
+    "interval": ("OutputInterval", "interval half-width"),
+    "trust": ("OutputTrust", "trust"),
 }
 # label values of the hallucination label map (the engine's +1 / -1)
 HALLUCINATED, LOST = 1, 2
+# label values of the trust label map: the engine's 1 (half-width <= tolerance) and 0. Untrusted is not 0,
+# the value a slice view shows outside the volume, so that it can be highlighted
+TRUSTED, UNTRUSTED = 1, 2
+# what the metrics and the module say for a model without calibration.json (the engine's word)
+UNCALIBRATED = "uncalibrated"
+CALIBRATION_FILE = "calibration.json"
 LAYOUT_ID = 57001  # a custom layout: two linked slice views side by side, the metrics table below
 GEOMETRY_TOLERANCE_MM = 1e-3
 
@@ -69,6 +83,7 @@ DEFAULTS = {
     "Overlay": "difference",
     "OverlayOpacity": "0.5",
     "ShowHallucination": "true",
+    "TrustTolerance": "",  # intensity units; empty: no trust mask (needs a calibrated model)
 }
 INPUT_REFERENCES = ("InputVolume", "ReferenceVolume", "Segmentation")
 
@@ -115,6 +130,30 @@ def readModelConfig(modelPath: str) -> dict:
         _CONFIGS.clear()  # one model at a time is in use; never grows
         _CONFIGS[key] = json.loads(config.read_text())
     return _CONFIGS[key]
+
+
+_CALIBRATIONS: dict[tuple[str, int], dict] = {}
+
+
+def readModelCalibration(modelPath: str) -> dict | None:
+    """A model folder's ``calibration.json`` (written by ``latentsr calibrate``), parsed once per change
+    of the file; None when the model is uncalibrated. Plain JSON, so the GUI can ask before torch is
+    installed (the engine itself validates the file when it runs). Raises ValueError when the file is
+    unreadable."""
+    path = Path(modelPath) / CALIBRATION_FILE if modelPath else None
+    if path is None or not path.is_file():
+        return None
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _CALIBRATIONS:
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or not all(isinstance(data.get(k), (int, float)) for k in ("lam", "alpha")):
+                raise ValueError("it has no numeric lam and alpha")
+        except (OSError, ValueError) as error:
+            raise ValueError(f"damaged calibration {path}: {error}") from None
+        _CALIBRATIONS.clear()
+        _CALIBRATIONS[key] = data
+    return _CALIBRATIONS[key]
 
 
 def missingRequirements(requirementsFile, extra=()) -> list[str]:
@@ -176,9 +215,64 @@ def metricsRows(metrics: dict) -> list[tuple[str, str, str]]:
         rows.append(("Autoencoder ceiling PSNR (dB)", number(reference.get("psnr_ae_ceiling")), ""))
         rows.append(("Hallucinated pixels (%)", number(reference.get("hallucinated_fraction"), 2, 100), ""))
         rows.append(("Lost pixels (%)", number(reference.get("lost_fraction"), 2, 100), ""))
+    rows += calibrationRows(metrics.get("calibration"))
     rows.append(("Mean |degrade(SR) - LR| (window units)", number(metrics.get("consistency_mean"), 4), ""))
     rows.append(("Seconds per slice", number(metrics.get("seconds_per_slice"), 3), ""))
     return rows
+
+
+def calibrationRows(calibration) -> list[tuple[str, str, str]]:
+    """The metrics table's rows for the calibrated interval (``metrics["calibration"]`` of the engine).
+
+    Uncalibrated: one row saying so. Calibrated: the nominal coverage ``1 - alpha``; with a reference,
+    the coverage reached (the fraction of the reference's foreground pixels inside ``SR +- interval``)
+    with the nominal beside it and the mean half-width (intensity units), for the whole volume and each
+    mask label; with a tolerance, the trusted fraction. Nothing for a run that predates calibration.
+    """
+    if calibration is None:
+        return []
+    if not isinstance(calibration, dict):
+        return [("Calibrated interval", str(calibration), "")]  # "uncalibrated"
+
+    def percent(value):
+        return "" if value is None else f"{100 * value:.2f}"
+
+    def width(value):
+        return "" if value is None else f"{value:.4g}"
+
+    nominal = calibration.get("nominal")
+    nominalText = "" if nominal is None else f"{100 * nominal:.4g}"
+    rows = [("Calibrated interval: nominal coverage (%)", nominalText, "")]
+    regions = []
+    if "coverage" in calibration:
+        regions.append(("whole volume", calibration))
+    for label, entry in (calibration.get("labels") or {}).items():
+        regions.append(("foreground outside the mask" if str(label) == "0" else f"mask label {label}", entry))
+    for name, entry in regions:
+        rows.append((f"Interval coverage, {name} (%; nominal {nominalText})", percent(entry.get("coverage")), ""))
+        rows.append((f"Mean interval half-width, {name}", width(entry.get("mean_half_width")), ""))
+    if calibration.get("tolerance") is not None:
+        rows.append((f"Trusted pixels (%; half-width <= {calibration['tolerance']:g})",
+                     percent(calibration.get("trusted_fraction")), ""))
+    return rows
+
+
+def calibrationStatus(metrics: dict) -> str:
+    """One line about the run's calibrated interval, for the module's status: "uncalibrated ..." or the
+    coverage reached against the nominal one. "" for a run without a calibration entry."""
+    calibration = metrics.get("calibration")
+    if calibration is None:
+        return ""
+    if not isinstance(calibration, dict):
+        return (f"Model {calibration}: no calibrated interval or trust mask (the uncertainty map is not an "
+                "interval; run `latentsr calibrate` on the model).")
+    nominal = 100 * float(calibration.get("nominal", 0.0))
+    text = f"Calibrated interval (nominal coverage {nominal:.4g}%)"
+    if calibration.get("coverage") is not None:
+        text += f": coverage {100 * calibration['coverage']:.2f}% of the reference's foreground"
+    if calibration.get("trusted_fraction") is not None:
+        text += f"; {100 * calibration['trusted_fraction']:.2f}% of pixels trusted at {calibration['tolerance']:g}"
+    return text + "."
 
 
 class LatentSRJob:
@@ -268,6 +362,73 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
                           seed=int(parameterNode.GetParameter("Seed") or 0),
                           data_consistency=self.flag(parameterNode, "DataConsistency"))
 
+    @staticmethod
+    def trustTolerance(parameterNode) -> float | None:
+        """The ``TrustTolerance`` parameter (intensity units), None when empty. Raises ValueError for
+        anything but a finite number >= 0."""
+        text = parameterNode.GetParameter("TrustTolerance").strip()
+        if not text:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"The trust tolerance must be a number >= 0 in the input's intensity units (or empty "
+                             f"for no trust mask), not '{text}'.")
+        return value
+
+    @staticmethod
+    def modelCalibration(parameterNode) -> dict | None:
+        """The chosen model's calibration (``calibration.json``), None when it is uncalibrated or unreadable
+        (:meth:`validate` reports a damaged one)."""
+        try:
+            return readModelCalibration(parameterNode.GetParameter("ModelPath"))
+        except ValueError:
+            return None
+
+    def runTolerance(self, parameterNode) -> float | None:
+        """The tolerance the run asks the engine for: the trust tolerance with a calibrated model, else None
+        (an uncalibrated model has no interval to compare it with; the module says "uncalibrated")."""
+        tolerance = self.trustTolerance(parameterNode)
+        return tolerance if tolerance is not None and self.modelCalibration(parameterNode) is not None else None
+
+    def calibrationNote(self, parameterNode) -> str:
+        """What the chosen model's calibration promises, or that it is uncalibrated; "" without a model."""
+        modelPath = parameterNode.GetParameter("ModelPath")
+        if not modelPath or not (Path(modelPath) / "config.json").is_file():
+            return ""
+        try:
+            calibration = readModelCalibration(modelPath)
+        except ValueError as error:
+            return f"Calibration unreadable: {error}"
+        if calibration is None:
+            return ("Uncalibrated: no calibrated interval or trust mask for this model (run `latentsr calibrate` "
+                    "on it); the uncertainty map is the raw spread of the samples.")
+        alpha = float(calibration["alpha"])
+        samples = calibration.get("samples")
+        note = (f"Calibrated: SR +- interval holds the truth for {100 * (1 - alpha):.4g}% of foreground pixels "
+                f"(risk {alpha:g}, confidence {1 - float(calibration.get('delta', 0.0)):g}, "
+                f"{calibration.get('images', '?')} {calibration.get('split', '')} images, {samples} sample(s)).")
+        if samples is not None and str(samples) != (parameterNode.GetParameter("Samples") or "1"):
+            note += f" Warning: set Samples to {samples}, as calibrated; the guarantee holds for that."
+        return note
+
+    def overlayChoices(self, parameterNode) -> list[str]:
+        """The overlays on offer: the plain maps, and with a calibrated model (or this run's nodes) the
+        calibrated interval, and the trust mask when a trust tolerance is set."""
+        calibrated = self.modelCalibration(parameterNode) is not None
+        try:
+            tolerance = self.trustTolerance(parameterNode)
+        except ValueError:
+            tolerance = None
+        choices = list(OVERLAYS)
+        if calibrated or parameterNode.GetNodeReference(OUTPUTS["interval"][0]) is not None:
+            choices.append("interval")
+        if (calibrated and tolerance is not None) or parameterNode.GetNodeReference(OUTPUTS["trust"][0]) is not None:
+            choices.append("trust")
+        return choices
+
     def validate(self, parameterNode) -> None:
         """Raise ValueError with a message for the user when the inputs cannot be run."""
         inputNode = parameterNode.GetNodeReference("InputVolume")
@@ -290,6 +451,8 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
         segmentation = parameterNode.GetNodeReference("Segmentation")
         if segmentation is not None and reference is None and not simulate:
             raise ValueError("Region metrics need a high-resolution reference (or 'simulate low resolution').")
+        readModelCalibration(modelPath)  # a damaged calibration.json is named before any work
+        self.trustTolerance(parameterNode)
 
     def resolutionNote(self, parameterNode) -> str:
         """Input and output pixel sizes of the chosen model on the input volume: an ``sr`` model writes on a
@@ -407,7 +570,8 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
             settings=self.settings(parameterNode),
             reference=None if simulate or referenceNode is None else self.imageFromVolumeNode(referenceNode),
             mask=None if segmentationNode is None else self.labelImage(segmentationNode, inputNode),
-            simulate=simulate, device=device, progress=progress, cancelled=cancelled)
+            simulate=simulate, device=device, progress=progress, cancelled=cancelled,
+            tolerance=self.runTolerance(parameterNode))
         images = dict(result.outputs())
         if simulate:
             images["lr"] = result.lr
@@ -432,6 +596,9 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
                      "--format", "nrrd"]
         if int(parameterNode.GetParameter("Steps") or 0) > 0:
             arguments += ["--steps", parameterNode.GetParameter("Steps")]
+        tolerance = self.runTolerance(parameterNode)
+        if tolerance is not None:
+            arguments += ["--tolerance", repr(tolerance)]
         # explicit either way: the command's default is the fidelity end (on)
         arguments.append("--data-consistency" if self.flag(parameterNode, "DataConsistency") else "--no-data-consistency")
         if self.flag(parameterNode, "Simulate"):
@@ -498,21 +665,35 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
         the parameter node. A result on the input's grid takes the input node's exact geometry; one on
         the SR grid (s times finer in-plane) or the simulated coarse grid keeps its own. Returns ``metrics``."""
         inputNode = parameterNode.GetNodeReference("InputVolume")
-        wanted = set(self.requestedOutputs(parameterNode)) | {"sr", "lr"}
+        # the calibrated maps come whenever the engine made them (a calibrated model; trust: a tolerance)
+        wanted = set(self.requestedOutputs(parameterNode)) | {"sr", "lr", "interval", "trust"}
+        loaded = set()
         for role, image in images.items():
-            if role not in wanted:
+            if role not in wanted or role not in OUTPUTS:
                 continue
-            if role == "hallucination":
+            loaded.add(role)
+            if role in ("hallucination", "trust"):
                 node = self.outputNode(parameterNode, role, "vtkMRMLLabelMapVolumeNode")
                 labels = np.zeros(image.array.shape, dtype=np.uint8)
-                labels[image.array > 0] = HALLUCINATED
-                labels[image.array < 0] = LOST
+                if role == "hallucination":
+                    labels[image.array > 0] = HALLUCINATED
+                    labels[image.array < 0] = LOST
+                    colors = self.hallucinationColorNode()
+                else:
+                    labels[image.array > 0] = TRUSTED
+                    labels[image.array <= 0] = UNTRUSTED
+                    colors = self.trustColorNode()
                 self.updateVolumeNodeFromImage(node, image.with_array(labels), geometryFrom=self.sameGridNode(image, inputNode))
-                node.GetDisplayNode().SetAndObserveColorNodeID(self.hallucinationColorNode().GetID())
+                node.GetDisplayNode().SetAndObserveColorNodeID(colors.GetID())
             else:
                 node = self.outputNode(parameterNode, role)
                 self.updateVolumeNodeFromImage(node, image, geometryFrom=self.sameGridNode(image, inputNode))
                 self.configureDisplay(node, role, inputNode)
+        # a map this run did not make is not this run's: forget the previous run's node (it stays in the
+        # scene), so that an uncalibrated run never shows an old interval or trust mask as its own
+        for role, (reference, _) in OUTPUTS.items():
+            if role not in loaded and role != "sr":
+                parameterNode.SetNodeReferenceID(reference, None)
         parameterNode.SetParameter("Metrics", json.dumps(metrics))
         self.updateMetricsTable(parameterNode, metrics)
         return metrics
@@ -528,6 +709,13 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
             return
         extent = float(np.percentile(np.abs(array), 99.5)) or float(np.abs(array).max()) or 1.0
         display.SetAutoWindowLevel(False)
+        if role == "interval":
+            # never zero (the calibration's floor): the colours start at the narrowest interval, so they
+            # show where it widens beyond the floor; the value under the cursor is the half-width itself
+            lowest = float(array.min())
+            display.SetWindowLevelMinMax(lowest, extent if extent > lowest else lowest + 1.0)
+            display.SetAndObserveColorNodeID(self.intervalColorNode().GetID())
+            return
         signed = role == "difference"
         if signed:  # symmetric window: zero in the middle of the table
             display.SetWindowLevelMinMax(-extent, extent)
@@ -554,6 +742,33 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
                 rgb = (min(1.0, 0.4 + 1.8 * t), min(1.0, max(0.0, 2.0 * t - 0.4)), max(0.0, 3.0 * t - 2.0))
                 alpha = min(1.0, max(0.0, (t - 0.1) / 0.5))
             node.SetColor(index, "", *rgb, alpha)
+        return node
+
+    @staticmethod
+    def intervalColorNode():
+        """The interval's colours: a sequential scale (dark purple, blue, green to yellow, after viridis),
+        transparent at the narrowest interval and growing opaque over the first half of the range."""
+        node, created = LatentSRLogic.colorTable("LatentSR interval", 256)
+        if not created:
+            return node
+        anchors = np.array([[0.267, 0.005, 0.329], [0.229, 0.322, 0.546], [0.128, 0.567, 0.551],
+                            [0.369, 0.789, 0.383], [0.993, 0.906, 0.144]])
+        positions = np.linspace(0.0, 1.0, len(anchors))
+        for index in range(256):
+            t = index / 255.0
+            rgb = [float(np.interp(t, positions, anchors[:, c])) for c in range(3)]
+            node.SetColor(index, "", *rgb, min(1.0, max(0.0, (t - 0.05) / 0.5)))
+        return node
+
+    @staticmethod
+    def trustColorNode():
+        """A colour table: 0 transparent, 1 trusted (transparent: the SR shows through), 2 untrusted
+        (magenta, apart from the hallucination map's orange and blue)."""
+        node, created = LatentSRLogic.colorTable("LatentSR trust", 3)
+        if created:
+            node.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
+            node.SetColor(TRUSTED, "trusted", 0.2, 0.8, 0.3, 0.0)
+            node.SetColor(UNTRUSTED, "untrusted", 1.0, 0.1, 0.85, 1.0)
         return node
 
     @staticmethod

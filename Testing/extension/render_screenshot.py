@@ -1,4 +1,4 @@
-"""Render the module's compare view of a real case, headless, to a PNG (the README's screenshot).
+"""Render the module's compare view of a real case, headless, to a PNG (the README's screenshots).
 
     .venv/bin/python Testing/extension/render_screenshot.py --model MODEL_FOLDER \
         --volume ../shared/data/brain/BraTS-GLI-00001-000-t2f.nii.gz \
@@ -7,8 +7,29 @@
 
 Runs the module's Logic exactly as the Apply button does (simulate low resolution, the model,
 the maps, the metrics table), shows the comparison, renders the Red (simulated LR) and Yellow (SR with
-the difference overlay and the hallucination label map) slice views through vtkMRMLSliceLogic, and
-lays them out side by side above the metrics table.
+the chosen overlay and the hallucination label map) slice views through vtkMRMLSliceLogic, and
+lays them out side by side above the metrics table. ``--overlay interval,trust`` renders one SR panel
+per overlay (a calibrated model's interval and trust mask; ``--tolerance`` sets the trust tolerance);
+``--slices N`` keeps the N slices around the tumour (a quick run on the CPU).
+
+LatentSR-trust.png (the README's second screenshot) was made on 2 CPU cores with a copy of
+brain-sr4 calibrated on the validation subject (niivue-flair with its T1, cstar-stroke-T1; never
+trained on), from the repository root:
+
+    mkdir -p /tmp/latentsr-shot && cp -r Training/models/brain-sr4 /tmp/latentsr-shot/brain-sr4-calibrated
+    .venv/bin/latentsr prepare ../shared/data/brain/niivue-flair.nii.gz ../shared/data/brain/cstar-stroke-T1.nii.gz \
+        -o /tmp/latentsr-shot/calibration-set --task sr4 --size 128 --axis axial --every 2 --val '*'
+    .venv/bin/latentsr calibrate /tmp/latentsr-shot/brain-sr4-calibrated --dataset /tmp/latentsr-shot/calibration-set \
+        --split val --samples 2 --steps 10 --limit 60 --data-consistency --device cpu
+    .venv/bin/python Testing/extension/render_screenshot.py --model /tmp/latentsr-shot/brain-sr4-calibrated \
+        --volume ../shared/data/brain/BraTS-GLI-00001-000-t2f.nii.gz \
+        --mask ../shared/data/brain/BraTS-GLI-00001-000-wt-approx.nii.gz --model-resolution --slices 3 \
+        --steps 10 --samples 2 --data-consistency --overlay interval,trust --tolerance 480 \
+        --hide-hallucination -o Resources/Screenshots/LatentSR-trust.png
+
+(calibrate: lam 3.506, coverage 0.970 on the 60 slices, 8 min; the render prints the interval's
+percentiles, 448 / 458 / 544 at 5 / 50 / 95%, from which the tolerance 480 was chosen: above the floor,
+so the mask marks where the interval widens. 30 s.)
 """
 
 from __future__ import annotations
@@ -31,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--volume", required=True)
     parser.add_argument("--mask")
     parser.add_argument("--steps", type=int, default=0)
-    parser.add_argument("--overlay", default="difference")
+    parser.add_argument("--overlay", default="difference",
+                        help="the overlay of the SR panel; several, comma-separated: one SR panel each")
+    parser.add_argument("--samples", type=int, default=1, help="samples per slice (a calibrated model: its K)")
+    parser.add_argument("--tolerance", default="", help="the trust tolerance (intensity units; calibrated models)")
+    parser.add_argument("--slices", type=int, default=0, help="keep only this many slices around the tumour (0: all)")
+    parser.add_argument("--hide-hallucination", action="store_true", help="no hallucination label map on the SR panels")
     parser.add_argument("--size", type=int, default=420, help="pixels per view")
     parser.add_argument("--data-consistency", action="store_true", help="the module's data-consistency option")
     parser.add_argument("--model-resolution", action="store_true",
@@ -42,45 +68,62 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image, ImageDraw
 
     from LatentSRLib.io import atomic_path, read_image
-    from LatentSRLogic import LatentSRLogic
+    from LatentSRLogic import LatentSRLogic, calibrationStatus
 
     scene = headless.make_scene()
     slicer = headless.slicer
     logic = LatentSRLogic()
     import json
 
-    from LatentSRLib.demo import at_model_resolution
+    from LatentSRLib.demo.run import at_model_resolution
 
     grid = max(json.loads((Path(args.model) / "config.json").read_text())["grid"]["size"])
     prepare = (lambda image: at_model_resolution(image, "axial", grid)) if args.model_resolution else (lambda image: image)
-    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", Path(args.volume).name.split(".")[0])
-    LatentSRLogic.updateVolumeNodeFromImage(volume, prepare(read_image(args.volume)))
-    parameters = logic.getParameterNode()
-    parameters.SetNodeReferenceID("InputVolume", volume.GetID())
-    tumour_slice = volume.GetImageData().GetDimensions()[2] // 2
+    image = prepare(read_image(args.volume))
+    mask = None
+    tumour_slice = image.array.shape[0] // 2
     if args.mask:
-        labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "mask")
         mask = prepare(read_image(args.mask).with_array((read_image(args.mask).array > 0).astype(np.float32)))
         mask = mask.with_array((mask.array > 0.5).astype(np.uint8))
+        tumour_slice = int(np.argmax((mask.array > 0).reshape(mask.array.shape[0], -1).sum(1)))
+    if args.slices:  # the slices around the tumour (array axis 0: the axial slices of an axis-aligned scan)
+        start = max(0, min(tumour_slice - args.slices // 2, image.array.shape[0] - args.slices))
+        image, mask = (None if part is None else crop_slices(part, start, args.slices) for part in (image, mask))
+        tumour_slice -= start
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", Path(args.volume).name.split(".")[0])
+    LatentSRLogic.updateVolumeNodeFromImage(volume, image)
+    parameters = logic.getParameterNode()
+    parameters.SetNodeReferenceID("InputVolume", volume.GetID())
+    if mask is not None:
+        labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "mask")
         LatentSRLogic.updateVolumeNodeFromImage(labels, mask)
         parameters.SetNodeReferenceID("Segmentation", labels.GetID())
-        tumour_slice = int(np.argmax((mask.array > 0).reshape(mask.array.shape[0], -1).sum(1)))
     parameters.SetParameter("ModelPath", args.model)
     parameters.SetParameter("Simulate", "true")
     parameters.SetParameter("Steps", str(args.steps))
     parameters.SetParameter("DataConsistency", "true" if args.data_consistency else "false")
     parameters.SetParameter("Device", "auto")
-    parameters.SetParameter("Overlay", args.overlay)
+    parameters.SetParameter("Samples", str(args.samples))
+    parameters.SetParameter("TrustTolerance", args.tolerance)
+    parameters.SetParameter("ShowHallucination", "false" if args.hide_hallucination else "true")
     parameters.SetParameter("OverlayOpacity", "0.45")
+    overlays = [overlay for overlay in args.overlay.split(",") if overlay]
     logic.process(parameters, progress=lambda fraction, message: print(f"\r{message}", end="", flush=True))
     print()
-    logic.showComparison(parameters)
+    interval = parameters.GetNodeReference("OutputInterval")
+    if interval is not None:  # to choose a trust tolerance
+        half = slicer.util.arrayFromVolume(interval)
+        print("interval half-width percentiles 5/25/50/75/95: "
+              + " / ".join(f"{v:.4g}" for v in np.percentile(half, [5, 25, 50, 75, 95])))
+    missing = [overlay for overlay in overlays if overlay not in logic.overlayChoices(parameters)]
+    if missing:
+        raise SystemExit(f"overlay {', '.join(missing)} not available for this run: {logic.calibrationNote(parameters)}")
 
     from vtk.util.numpy_support import vtk_to_numpy
 
     ras = LatentSRLogic.ijkToRas(volume) @ np.array([0, 0, tumour_slice, 1.0])
-    panels = []
-    for name in ("Red", "Yellow"):
+
+    def panel(name):
         view = scene.views[name]
         view.GetSliceNode().SetDimensions(args.size, args.size, 1)
         view.FitSliceToAll()
@@ -90,30 +133,63 @@ def main(argv: list[str] | None = None) -> int:
         image = producer.GetOutputDataObject(0)
         width, height, _ = image.GetDimensions()
         pixels = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)[::-1, :, :3]
-        panels.append(Image.fromarray(np.ascontiguousarray(pixels)))
+        return Image.fromarray(np.ascontiguousarray(pixels))
+
+    panels, titles = [], []
+    for number, overlay in enumerate(overlays):
+        parameters.SetParameter("Overlay", overlay)
+        logic.showComparison(parameters)
+        if number == 0:
+            panels.append(panel("Red"))
+            titles.append(("Red: simulated 4x low resolution (input)", (243, 74, 51)))
+        panels.append(panel("Yellow"))
+        titles.append((f"Yellow: LatentSR + {PANEL_TITLES.get(overlay, overlay + ' overlay')}"
+                       + ("" if args.hide_hallucination else ", hallucinated / lost pixels"), (237, 213, 76)))
 
     table = parameters.GetNodeReference("MetricsTable")
     rows = [[table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]]
     rows += [[table.GetCellText(r, c) for c in range(table.GetNumberOfColumns())] for r in range(table.GetNumberOfRows())]
+    tolerance = parameters.GetParameter("TrustTolerance")
+    titles = [(text.replace("{tolerance}", tolerance), colour) for text, colour in titles]
+    status = calibrationStatus(json.loads(parameters.GetParameter("Metrics")))
     line = 16
     header = 24
-    canvas = Image.new("RGB", (2 * args.size + 6, header + args.size + 12 + line * len(rows)), (36, 36, 36))
+    canvas = Image.new("RGB", (len(panels) * (args.size + 6) - 6, header + args.size + 12 + line * (len(rows) + 1)),
+                       (36, 36, 36))
     draw = ImageDraw.Draw(canvas)
-    draw.text((8, 6), "Red: simulated 4x low resolution (input)", fill=(243, 74, 51))
-    draw.text((args.size + 14, 6), f"Yellow: LatentSR + {args.overlay} overlay, hallucinated / lost pixels",
-              fill=(237, 213, 76))
-    canvas.paste(panels[0], (0, header))
-    canvas.paste(panels[1], (args.size + 6, header))
+    for number, (panel_image, (title, colour)) in enumerate(zip(panels, titles)):
+        draw.text((number * (args.size + 6) + 8, 6), title, fill=colour)
+        canvas.paste(panel_image, (number * (args.size + 6), header))
     top = header + args.size + 8
+    columns = [8]
+    for c in range(2):  # each column starts after the widest text of the one before
+        columns.append(columns[-1] + 24 + int(max(draw.textlength(row[c]) for row in rows)))
     for i, row in enumerate(rows):
-        for x, text in zip((8, 330, 420), row):
+        for x, text in zip(columns, row):
             draw.text((x, top + i * line), text, fill=(255, 255, 255) if i else (170, 200, 255))
+    if status:
+        draw.text((8, top + len(rows) * line), status, fill=(200, 200, 200))
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as tmp:
         canvas.save(tmp, format="PNG")
     print(f"wrote {output}")
     return 0
+
+
+PANEL_TITLES = {
+    "difference": "difference SR - HR",
+    "interval": "calibrated interval half-width",
+    "trust": "trust mask (magenta: half-width > {tolerance})",
+}
+
+
+def crop_slices(image, start: int, count: int):
+    """``count`` slices of ``image`` from array index ``start`` along its first (slowest) axis, geometry kept."""
+    from LatentSRLib.io import MedicalImage
+
+    origin = tuple((image.index_to_world() @ np.array([0, 0, start, 1.0]))[:3])
+    return MedicalImage(np.ascontiguousarray(image.array[start:start + count]), image.spacing, origin, image.direction)
 
 
 if __name__ == "__main__":

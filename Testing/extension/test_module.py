@@ -312,6 +312,7 @@ def test_parameter_node_is_saved_with_the_scene(scene, brats_case, model_folder,
     parameters.SetParameter("Axis", "coronal")
     parameters.SetParameter("Samples", "3")
     parameters.SetParameter("Overlay", "uncertainty")
+    parameters.SetParameter("TrustTolerance", "25")
     scene.SetRootDirectory(str(tmp_path))
     scene.SetURL(str(tmp_path / "scene.mrml"))
     assert scene.Commit()
@@ -321,7 +322,7 @@ def test_parameter_node_is_saved_with_the_scene(scene, brats_case, model_folder,
     again.Connect()
     slicer.mrmlScene = again
     restored = LatentSRLogic().getParameterNode()
-    for key in ("Axis", "Samples", "Overlay", "ModelPath", "Simulate", "Steps", "Outputs"):
+    for key in ("Axis", "Samples", "Overlay", "ModelPath", "Simulate", "Steps", "Outputs", "TrustTolerance"):
         assert restored.GetParameter(key) == parameters.GetParameter(key), key
     assert restored.GetNodeReference("InputVolume").GetName() == "FLAIR"
     assert restored.GetNodeReference("Segmentation").GetName() == "tumour"
