@@ -31,7 +31,7 @@ from diffusers import AutoencoderTiny
 from diffusers.models.unets.unet_2d_blocks import AutoencoderTinyBlock
 from torch import nn
 
-__all__ = ["PooledTinyBlock", "TinyLayout", "infer_layout", "build_tiny_autoencoder", "read_state_dict"]
+__all__ = ["PooledTinyBlock", "TinyLayout", "infer_layout", "build_tiny_autoencoder", "raw_state_dicts", "read_state_dict"]
 
 _RAW_KEY = re.compile(r"^(\d+)\.(.+)$")
 # GroupNorm group count of TAEF2's pool branch: GroupNorm's affine weights are per channel, so the
@@ -188,21 +188,35 @@ def infer_layout(encoder: Mapping[str, torch.Tensor], decoder: Mapping[str, torc
 
 
 def _align(raw: list[_RawLayer], layers: nn.Sequential, pools: Mapping[int, int], part: str, prefix: str,
-           act_fn: str = "relu") -> dict[str, torch.Tensor]:
-    """Install pool blocks in ``layers`` and map raw keys onto ``prefix.<index>.<rest>``."""
+           act_fn: str = "relu", install: bool = True) -> dict[str, str]:
+    """Map raw keys onto ``prefix.<index>.<rest>``: ``{diffusers key: raw key}``.
+
+    With ``install``, the layers that carry a pool branch become :class:`PooledTinyBlock` first
+    (building); without, ``layers`` already hold them (saving a built model back to raw keys).
+    """
     slots = [i for i, module in enumerate(layers) if any(True for _ in module.parameters())]
     if len(slots) != len(raw):
         raise ValueError(f"the {part} has {len(raw)} layers with weights; AutoencoderTiny's has {len(slots)}")
-    mapped: dict[str, torch.Tensor] = {}
+    keys: dict[str, str] = {}
     for slot, layer in zip(slots, raw):
         module = layers[slot]
         if layer.is_block != isinstance(module, AutoencoderTinyBlock):
             raise ValueError(f"the {part}'s layer {layer.index} does not line up with AutoencoderTiny's layer {slot}")
-        if layer.index in pools:
+        if install and layer.index in pools:
             layers[slot] = PooledTinyBlock(layer.out_channels, pools[layer.index], act_fn)
-        for rest, tensor in layer.tensors.items():
-            mapped[f"{prefix}.{slot}.{rest}"] = tensor
-    return mapped
+        for rest in layer.tensors:
+            keys[f"{prefix}.{slot}.{rest}"] = f"{layer.index}.{rest}"
+    return keys
+
+
+def _check_fit(mapped: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
+    missing = sorted(set(expected) - set(mapped))
+    unexpected = sorted(set(mapped) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for key, tensor in mapped.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ValueError(f"{key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}")
 
 
 def build_tiny_autoencoder(encoder: Mapping[str, torch.Tensor], decoder: Mapping[str, torch.Tensor]):
@@ -213,20 +227,36 @@ def build_tiny_autoencoder(encoder: Mapping[str, torch.Tensor], decoder: Mapping
     """
     layout = infer_layout(encoder, decoder)
     model = AutoencoderTiny(**layout.diffusers_config())
-    mapped = _align(_raw_layers(encoder, "encoder"), model.encoder.layers, layout.encoder_pools, "encoder",
-                    "encoder.layers")
-    mapped.update(_align(_raw_layers(decoder, "decoder"), model.decoder.layers, layout.decoder_pools, "decoder",
-                         "decoder.layers"))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(mapped))
-    unexpected = sorted(set(mapped) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    for key, tensor in mapped.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise ValueError(f"{key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}")
+    keys = _align(_raw_layers(encoder, "encoder"), model.encoder.layers, layout.encoder_pools, "encoder",
+                  "encoder.layers")
+    mapped = {ours: encoder[raw] for ours, raw in keys.items()}
+    keys = _align(_raw_layers(decoder, "decoder"), model.decoder.layers, layout.decoder_pools, "decoder",
+                  "decoder.layers")
+    mapped.update({ours: decoder[raw] for ours, raw in keys.items()})
+    _check_fit(mapped, model.state_dict())
     model.load_state_dict(mapped, strict=True)
     return model.float(), layout
+
+
+def raw_state_dicts(model: nn.Module, encoder_template: Mapping[str, torch.Tensor],
+                    decoder_template: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The inverse of :func:`build_tiny_autoencoder`: ``model``'s weights (e.g. after fine-tuning) as
+    raw TAESD ``nn.Sequential`` state dicts with exactly the keys of the raw weights it was built
+    from (``encoder_template`` / ``decoder_template``), so the files drop in wherever the originals
+    were used. CPU tensors, detached copies.
+
+    Raises:
+        ValueError: ``model`` does not have the templates' architecture.
+    """
+    state = model.state_dict()
+    out = []
+    for part, template in (("encoder", encoder_template), ("decoder", decoder_template)):
+        keys = _align(_raw_layers(template, part), getattr(model, part).layers, {}, part, f"{part}.layers",
+                      install=False)
+        _check_fit({ours: template[raw] for ours, raw in keys.items()},
+                   {k: v for k, v in state.items() if k.startswith(f"{part}.")})
+        out.append({raw: state[ours].detach().to("cpu").clone().contiguous() for ours, raw in keys.items()})
+    return out[0], out[1]
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -1,23 +1,26 @@
-"""Training a domain autoencoder: a MONAI ``AutoencoderKL`` on prepared high-resolution slices.
+"""Training a domain autoencoder: a MONAI ``AutoencoderKL`` on prepared high-resolution slices, or
+the domain adaptation of a pretrained tiny autoencoder (TAEF2 and the TAESD family, :mod:`.tiny_autoencoder`).
 
 For users without a suitable pretrained medical VAE. The ``train_autoencoder`` entry of the bundle
 (``Training/configs/train_autoencoder.yaml``) wires these pieces into MONAI engines:
 
 * :func:`autoencoder_config` / :func:`build_autoencoder`: the network (4x or 8x, 1-4 latent channels),
   optionally started from a trained ``monai:<folder>`` autoencoder (:func:`pretrained_config`,
-  fine-tuning to a new domain);
-* :class:`AutoencoderLoss`: L1 + KL (+ optional perceptual) on ``[0, 1]`` images;
+  fine-tuning to a new domain) or from pretrained ``tiny:`` weights (fine-tuned whole or decoder-only);
+* :class:`AutoencoderLoss`: L1 + KL (+ optional perceptual) on ``[0, 1]`` images (no KL for a tiny
+  autoencoder, which has no posterior);
 * :class:`AutoencoderTrainStep`: the trainer's ``iteration_update`` (optional patch adversarial term,
   mixed precision on GPU, gradient clipping);
 * :class:`AutoencoderEvalStep`: the evaluator's ``iteration_update`` (posterior-mean reconstruction);
-* :class:`ExportAutoencoder`: at the end, the best weights become a ``monai:<folder>`` model with
-  latent statistics estimated on training slices.
+* :class:`ExportAutoencoder`: at the end, the best weights become a ``monai:<folder>`` (or
+  ``tiny:<folder>``) model with latent statistics estimated on training slices.
 
 Batches are dicts with ``"hr"``: ``(B, 1, H, W)`` float32 in ``[0, 1]`` (:mod:`.batches`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -30,7 +33,17 @@ from torch import nn
 
 from LatentSRLib.autoencoders.latent_stats import STATS_FILE_NAME, LatentStats
 from LatentSRLib.autoencoders.monai_kl import load_monai_kl, save_monai_autoencoder
+from LatentSRLib.autoencoders.spec import load_autoencoder
 from LatentSRLib.data.batches import batch_to_device
+from LatentSRLib.training.tiny_autoencoder import (
+    TINY_KIND,
+    TinyAutoencoderNetwork,
+    build_tiny_network,
+    export_tiny,
+    is_tiny,
+    tiny_config,
+)
+from LatentSRLib.training.logs import read_log
 from LatentSRLib.training.runs import ExportOnCompletion
 from LatentSRLib.training.checkpoints import BEST, LAST
 from LatentSRLib.data.dataset import PreparedDataset
@@ -91,13 +104,26 @@ def _trained(folder: str | os.PathLike):
 
 def pretrained_config(folder: str | os.PathLike) -> dict[str, Any]:
     """The constructor arguments of the trained autoencoder in ``folder`` (``monai:<folder>`` or a
-    path), to fine-tune it: its architecture replaces the one the size arguments would give."""
+    path), to fine-tune it: its architecture replaces the one the size arguments would give.
+    For ``tiny:<weights>`` (TAEF2, the TAESD family): :func:`~.tiny_autoencoder.tiny_config`."""
+    if is_tiny(folder):
+        return tiny_config(str(folder))
     return dict(_trained(folder).info["network_args"])
 
 
-def build_autoencoder(config: Mapping[str, Any], weights_from: str | os.PathLike | None = None) -> nn.Module:
+def build_autoencoder(config: Mapping[str, Any], weights_from: str | os.PathLike | None = None,
+                      train_encoder: bool = True) -> nn.Module:
     """A MONAI ``AutoencoderKL`` built from ``config``; with ``weights_from`` (a trained
-    ``monai:<folder>`` of the same architecture) it starts from that model's weights."""
+    ``monai:<folder>`` of the same architecture) it starts from that model's weights.
+
+    A tiny config (:func:`pretrained_config` of ``tiny:...``) gives a
+    :class:`~.tiny_autoencoder.TinyAutoencoderNetwork` holding the pretrained weights;
+    ``train_encoder=False`` freezes its encoder (decoder-only fine-tuning).
+    """
+    if config.get("kind") == TINY_KIND:
+        return build_tiny_network(config, train_encoder=train_encoder)
+    if not train_encoder:
+        raise ValueError("train_encoder: false (decoder-only fine-tuning) is for init_from tiny:... autoencoders")
     from monai.networks.nets import AutoencoderKL
 
     network = AutoencoderKL(**dict(config))
@@ -118,7 +144,8 @@ def kl_divergence(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
 
 
 class AutoencoderLoss(nn.Module):
-    """``l1 + kl_weight * KL + perceptual_weight * perceptual`` on ``[0, 1]`` images.
+    """``l1 + kl_weight * KL + perceptual_weight * perceptual`` on ``[0, 1]`` images (no KL term
+    when called without a posterior, as for a tiny autoencoder).
 
     Args:
         kl_weight: weight of the KL term (small: the latent must stay informative; 1e-6 as in
@@ -138,11 +165,26 @@ class AutoencoderLoss(nn.Module):
         self.perceptual: nn.Module | None = None
         if self.perceptual_weight > 0:
             self.perceptual = _perceptual_module(perceptual_network)
+            logging.getLogger(__name__).info("perceptual term: %s x %s", self.perceptual_weight, self.perceptual_label)
 
-    def forward(self, recon: torch.Tensor, target: torch.Tensor, z_mu: torch.Tensor,
-                z_sigma: torch.Tensor) -> dict[str, torch.Tensor]:
-        terms = {"l1": (recon.float() - target.float()).abs().mean(), "kl": kl_divergence(z_mu, z_sigma)}
-        total = terms["l1"] + self.kl_weight * terms["kl"]
+    @property
+    def perceptual_label(self) -> str | None:
+        """Which network computes the perceptual term (rule 10), ``None`` when it is off."""
+        if self.perceptual is None:
+            return None
+        if self.perceptual_network == "stlpips":
+            from LatentSRLib.metrics.perceptual import _LABELS
+
+            return _LABELS["stlpips"][1]
+        return f"MONAI PerceptualLoss ({self.perceptual_network})"
+
+    def forward(self, recon: torch.Tensor, target: torch.Tensor, z_mu: torch.Tensor | None = None,
+                z_sigma: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        terms = {"l1": (recon.float() - target.float()).abs().mean()}
+        total = terms["l1"]
+        if z_mu is not None:
+            terms["kl"] = kl_divergence(z_mu, z_sigma)
+            total = total + self.kl_weight * terms["kl"]
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual(recon.float(), target.float())
             total = total + self.perceptual_weight * terms["perceptual"]
@@ -180,13 +222,15 @@ def _unwrap(network: nn.Module) -> nn.Module:
 
 
 class AutoencoderTrainStep:
-    """``iteration_update`` of a MONAI ``SupervisedTrainer`` training an ``AutoencoderKL``.
+    """``iteration_update`` of a MONAI ``SupervisedTrainer`` training an ``AutoencoderKL`` (or
+    fine-tuning a :class:`~.tiny_autoencoder.TinyAutoencoderNetwork`, whose forward is the
+    reconstruction alone: no KL term).
 
     Uses the trainer's ``network``, ``optimizer``, ``amp`` and ``scaler``. With a discriminator,
     the generator gets ``adversarial_weight`` times a least-squares patch adversarial loss from
     iteration ``adversarial_start`` on, and the discriminator is trained on the same batch.
 
-    Returns ``engine.state.output``: ``{"loss", "l1", "kl", ["perceptual", "generator", "discriminator"],
+    Returns ``engine.state.output``: ``{"loss", "l1", ["kl", "perceptual", "generator", "discriminator"],
     "image", "pred"}`` (numbers as floats; images detached).
     """
 
@@ -236,7 +280,8 @@ class AutoencoderTrainStep:
         engine.optimizer.zero_grad(set_to_none=True)
         adversarial_on = self.discriminator is not None and engine.state.iteration >= self.adversarial_start
         with torch.autocast(images.device.type, enabled=bool(engine.amp)):
-            recon, z_mu, z_sigma = network(images)
+            output = network(images)
+            recon, z_mu, z_sigma = (output, None, None) if isinstance(output, torch.Tensor) else output
             terms = loss_fn(recon, images, z_mu, z_sigma)
             total = terms["loss"]
             if adversarial_on:
@@ -262,7 +307,8 @@ class AutoencoderTrainStep:
 
 
 class AutoencoderEvalStep:
-    """``iteration_update`` of a MONAI ``SupervisedEvaluator``: reconstruct from the posterior mean.
+    """``iteration_update`` of a MONAI ``SupervisedEvaluator``: reconstruct from the posterior mean
+    (a tiny autoencoder has none: its forward is deterministic).
 
     Returns ``{"pred": (B,1,H,W) clamped to [0, 1], "label": the true image}`` for metric handlers.
     """
@@ -272,13 +318,17 @@ class AutoencoderEvalStep:
         network = _unwrap(engine.network)
         network.eval()
         with torch.no_grad(), torch.autocast(images.device.type, enabled=bool(engine.amp)):
-            z_mu, _ = network.encode(images)
-            recon = network.decode(z_mu)
+            if isinstance(network, TinyAutoencoderNetwork):
+                recon = network(images)
+            else:
+                z_mu, _ = network.encode(images)
+                recon = network.decode(z_mu)
         return {"pred": recon.float().clamp(0, 1), "label": images, "id": batch.get("id")}
 
 
 class ExportAutoencoder(ExportOnCompletion):
-    """When training completes, write the model folder that ``monai:<folder>`` loads.
+    """When training completes, write the model folder that ``monai:<folder>`` loads (``tiny:<folder>``
+    for a fine-tuned tiny autoencoder: :func:`~.tiny_autoencoder.export_tiny`).
 
     The weights are the best validation checkpoint when there is one (``checkpoint_dir/best.pt``),
     else the final ones (called without an engine, as the bundle's ``export_autoencoder`` entry does
@@ -291,12 +341,16 @@ class ExportAutoencoder(ExportOnCompletion):
         folder: the model folder to write.
         dataset_dir: the prepared dataset trained on (recorded; its training slices give the stats).
         checkpoint_dir: where ``best.pt`` may be.
+        training: the training settings, recorded.
+        val_log: the run's ``val_log.csv``: a validation before the first iteration (fine-tuning)
+            is recorded as ``start_val_psnr``, the starting weights' score.
         rank: only rank 0 exports.
     """
 
     def __init__(self, network: nn.Module, config: Mapping[str, Any], folder: str | os.PathLike,
                  dataset_dir: str | os.PathLike, checkpoint_dir: str | os.PathLike, *,
-                 stats_images: int = 500, training: Mapping[str, Any] | None = None, rank: int = 0) -> None:
+                 stats_images: int = 500, training: Mapping[str, Any] | None = None,
+                 val_log: str | os.PathLike | None = None, rank: int = 0) -> None:
         self.network = network
         self.config = dict(config)
         self.folder = Path(folder)
@@ -304,13 +358,14 @@ class ExportAutoencoder(ExportOnCompletion):
         self.checkpoint_dir = Path(checkpoint_dir)
         self.stats_images = int(stats_images)
         self.training = dict(training or {})
+        self.val_log = None if val_log is None else Path(val_log)
         self.rank = int(rank)
 
     def _export(self, engine) -> Path:
         net = build_autoencoder(self.config)
         best, last = self.checkpoint_dir / BEST, self.checkpoint_dir / LAST
         source = "final weights"
-        best_value = None
+        best_value = best_iteration = None
         iterations = int(engine.state.iteration) if engine is not None else None
         if last.is_file() and engine is None:  # exporting a stopped run: how far it got
             iterations = int(torch.load(last, map_location="cpu", weights_only=True)["trainer"]["iteration"])
@@ -318,6 +373,7 @@ class ExportAutoencoder(ExportOnCompletion):
             state = torch.load(best, map_location="cpu", weights_only=True)
             net.load_state_dict(state["network"])
             best_value = state.get("best_metric", {}).get("value")
+            best_iteration = state.get("trainer", {}).get("iteration")
             source = f"best validation checkpoint ({state.get('best_metric', {}).get('name')} = {best_value})"
         elif engine is None and last.is_file():
             net.load_state_dict(torch.load(last, map_location="cpu", weights_only=True)["network"])
@@ -329,13 +385,18 @@ class ExportAutoencoder(ExportOnCompletion):
             "trained_by": "LatentSR train_autoencoder bundle",
             "weights": source,
             "best_val_psnr": best_value,
+            "best_iteration": None if best_iteration is None else int(best_iteration),
+            "start_val_psnr": self._start_val_psnr(),
             "iterations": iterations,
             "dataset": {"folder": str(self.dataset_dir.resolve()), "counts": dataset.info["counts"],
                         "subjects": dataset.info["subjects"], "selection": dataset.info["selection"]},
             "training": self.training,
         }
-        save_monai_autoencoder(net, self.folder, self.config, metadata=metadata)
-        autoencoder = load_monai_kl(f"monai:{self.folder}", str(self.folder))
+        if isinstance(net, TinyAutoencoderNetwork):
+            autoencoder = load_autoencoder(export_tiny(net, self.config, self.folder, metadata), latent_stats=None)
+        else:
+            save_monai_autoencoder(net, self.folder, self.config, metadata=metadata)
+            autoencoder = load_monai_kl(f"monai:{self.folder}", str(self.folder))
         rows = dataset.indices("train")
         images = (np.array(dataset.hr[r]) for r in rows)
         stats = LatentStats.estimate(autoencoder, images, max_images=self.stats_images,
@@ -343,3 +404,9 @@ class ExportAutoencoder(ExportOnCompletion):
                                                     **dataset.info["selection"]})
         stats.save(self.folder / STATS_FILE_NAME)
         return self.folder
+
+    def _start_val_psnr(self) -> float | None:
+        if self.val_log is None or not self.val_log.is_file():
+            return None
+        start = [row for row in read_log(self.val_log) if row.get("iteration") == 0 and "val_psnr" in row]
+        return start[-1]["val_psnr"] if start else None

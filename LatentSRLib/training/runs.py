@@ -8,7 +8,24 @@ from pathlib import Path
 from LatentSRLib.errors import InputError, OutputError
 from LatentSRLib.data.dataset import PreparedDataset
 
-__all__ = ["ExportOnCompletion", "attach_handlers", "start_run", "trainer_state_handlers"]
+__all__ = ["ExportOnCompletion", "ValidateAtStart", "attach_handlers", "flag", "start_run", "trainer_state_handlers"]
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def flag(value) -> bool:
+    """A yes/no bundle setting as a bool. The bundle's command line (Python Fire) hands ``--x false``
+    over as the string ``"false"``, which Python would take for True; ``True``/``False``, 1/0 and
+    the strings true/false, yes/no, on/off, 1/0 (any case) are understood, anything else refused."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise InputError(f"expected true or false, got {value!r}")
 
 
 def start_run(dataset_dir: str | os.PathLike | None, output_dir: str | os.PathLike, splits=("train", "val")) -> Path:
@@ -39,11 +56,34 @@ def attach_handlers(engine, handlers) -> None:
         handler.attach(engine)
 
 
+class ValidateAtStart:
+    """Validate once before the first iteration of a new run (not of a resumed one): the starting
+    weights' score, e.g. the pretrained autoencoder's, logged at iteration 0 and the first
+    candidate for ``best.pt`` (so fine-tuning that never beats it exports the starting weights).
+
+    Attach after the resume handlers, which restore the iteration that tells a resumed run apart.
+    """
+
+    def __init__(self, evaluator) -> None:
+        self.evaluator = evaluator
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine) -> None:
+        if engine.state.iteration == 0:
+            self.evaluator.run(max(int(engine.state.epoch), 1))
+
+
 def trainer_state_handlers(evaluator, checkpoint_dir: str | os.PathLike, objects, *, val_interval: int,
-                           checkpoint_interval: int, resume: bool = True, device="cpu", rank: int = 0) -> list:
+                           checkpoint_interval: int, resume: bool = True, device="cpu", rank: int = 0,
+                           validate_at_start: bool = False) -> list:
     """The handlers a bundle attaches with :func:`attach_handlers`: validation every
-    ``val_interval`` iterations, a progress bar (rank 0), ``checkpoints/last.pt`` every
-    ``checkpoint_interval`` iterations, and the resume from ``last.pt`` when there is one.
+    ``val_interval`` iterations (and before the first one with ``validate_at_start``), a progress
+    bar (rank 0), ``checkpoints/last.pt`` every ``checkpoint_interval`` iterations, and the resume
+    from ``last.pt`` when there is one.
 
     Validation runs on every rank: MONAI's metric handlers gather results across processes, so
     each rank scores its shard of the validation set and all of them get the same numbers."""
@@ -56,7 +96,8 @@ def trainer_state_handlers(evaluator, checkpoint_dir: str | os.PathLike, objects
     if rank == 0:
         handlers.append(ProgressBar(persist=True))
     handlers.append(AtomicCheckpoint(checkpoint_dir, objects, save_interval=checkpoint_interval, rank=rank))
-    return handlers + resume_handlers(checkpoint_dir, objects, resume=resume, map_location=device)
+    handlers += resume_handlers(checkpoint_dir, objects, resume=resume, map_location=device)
+    return handlers + ([ValidateAtStart(evaluator)] if validate_at_start else [])
 
 
 class ExportOnCompletion:
