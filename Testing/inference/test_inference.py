@@ -18,7 +18,7 @@ from LatentSRLib.transforms.degradations import task_degradation
 from LatentSRLib.io import MedicalImage, read_image
 from LatentSRLib.model.folder import load_sr_model
 from LatentSRLib.transforms.tasks import parse_task
-from conftest import install_pooling_model, make_tiny_sr_model
+from conftest import REPO_ROOT, install_pooling_model, make_tiny_sr_model
 
 GRID = 64
 
@@ -378,3 +378,29 @@ def test_models_shipped_together_can_share_one_autoencoder(model_folder, tmp_pat
     assert "not the one this model was trained with" in capsys.readouterr().err
     assert main(["package", str(model_folder), "-o", str(tmp_path / "apart"), "--autoencoder-from", str(moved / "first")]) == 2
     assert "beside" in capsys.readouterr().err and not (tmp_path / "apart").exists()
+
+
+@pytest.mark.parametrize("given, expected", [("false", False), ("False", False), ("true", True), (False, False), ("0", False)])
+def test_the_bundle_reads_a_yes_no_setting_from_the_command_line_as_meant(given, expected):
+    """``--data_consistency false`` arrives from the bundle's command line as the string "false", which
+    Python would take for True: the detail end must be reachable from the bundle."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "Training" / "configs" / "inference.yaml"))
+    parser.update({"data_consistency": given})
+    assert parser.get_parsed_content("settings").data_consistency is expected
+
+
+def test_every_yes_no_setting_of_every_bundle_entry_is_read_through_flag():
+    """A top-level true/false setting that an expression uses raw would take "false" for True."""
+    import re
+
+    import yaml
+
+    for path in sorted((REPO_ROOT / "Training" / "configs").glob("*.yaml")):
+        text = path.read_text()
+        switches = [key for key, value in (yaml.safe_load(text) or {}).items() if isinstance(value, bool)]
+        for key in switches:
+            raw = re.findall(rf"(?<!flag\()@{key}\b", text)
+            assert not raw, f"{path.name}: @{key} is used without flag()"
