@@ -4,10 +4,13 @@ reference models' super-resolution, the review maps, a metrics table and a monta
 Two cases, each with a scan that ships in a registry package (none seen by a model in training):
 
 * ``brain``: the MNI ICBM152 2009a symmetric T1 template (1 mm) inside ``nilearn`` (the McConnell
-  Brain Imaging Centre's permissive licence), super-resolved by ``brain-sr4``; a population average,
-  smoother than a patient scan.
+  Brain Imaging Centre's permissive licence), measured at 4 mm in-plane and super-resolved back to
+  1 mm by ``brain-sr4``, which works at the scan's own pixel pitch; a population average, smoother
+  than a patient scan.
 * ``chest``: the computed radiograph ``RG1_UNCI.dcm`` of ``pydicom-data`` (MIT), resampled to the
   1024-pixel size of NIH ChestX-ray14 on which ``cxr-sr4`` was trained, super-resolved tile by tile.
+
+Both project the SR onto the measured input (data consistency), the fidelity end a reader reviews.
 
 Any other volume or image can be given instead.
 """
@@ -55,7 +58,7 @@ class DemoCase:
 
 
 DEMO_CASES: dict[str, DemoCase] = {
-    "brain": DemoCase("brain", "brain-sr4"),
+    "brain": DemoCase("brain", "brain-sr4", data_consistency=True),
     # NIH ChestX-ray14 images are 1024 x 1024; cxr-sr4's autoencoder ceiling is below bicubic on
     # radiographs this smooth, so only with data consistency does it beat its input (its card)
     "chest": DemoCase("chest-xray", "cxr-sr4", image_size=1024, data_consistency=True),
@@ -249,10 +252,11 @@ def run_demo(outdir: str | os.PathLike, *, model: str | os.PathLike | None = Non
     ``metrics.md`` (SR against bicubic and the autoencoder ceiling) and ``montage.png``.
 
     A volume: ``slices`` slices of ``plane`` around the middle are used (all with 0), which keeps the
-    demo to a few minutes on two CPU cores. Unless ``native``, the slab is first put at the model's
-    own resolution (:func:`at_model_resolution`): a reference model trained on a 128 x 128 grid
-    cannot add detail finer than that grid, and a high-resolution reference finer than it would
-    score every method on detail none could produce. A 2D image (a radiograph): unless ``native``,
+    demo to a few minutes on two CPU cores. A model that works at the slices' own pixel pitch (grid
+    ``fit`` "tile") takes the slab as it is; for an older fixed-grid model, unless ``native``, the slab
+    is first put at the model's own resolution (:func:`at_model_resolution`): a model trained on a
+    128 x 128 grid cannot add detail finer than that grid, and a high-resolution reference finer than
+    it would score every method on detail none could produce. A 2D image (a radiograph): unless ``native``,
     its long side is resampled to the case's ``image_size``; ``crop`` > 0 keeps the central
     ``crop`` x ``crop`` pixels. ``case`` picks the default model and scan (:data:`DEMO_CASES`).
     ``data_consistency`` projects the SR onto the measured input (:func:`~LatentSRLib.inference.engine.data_consistent`;
@@ -281,7 +285,7 @@ def run_demo(outdir: str | os.PathLike, *, model: str | os.PathLike | None = Non
     grid = sr_model.config.get("grid", {})
     if image.ndim == 3:
         slab = _central_slab(image, plane, slices) if slices else image
-        if not native:
+        if not native and grid.get("fit") != "tile":
             slab = at_model_resolution(slab, plane, max(grid.get("size", (256, 256))))
     else:
         slab = image

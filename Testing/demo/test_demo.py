@@ -53,7 +53,7 @@ def test_demo_end_to_end_reproduces_the_model_cards(tmp_path, capsys):
     assert main(["demo", "-o", str(out), "--slices", str(brain["slices"]), "--crop", str(chest["crop"]),
                  "--samples", str(brain["samples"]), "--steps", str(brain["steps"])]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("montage:") == 2 and "| LatentSR (brain-sr4) |" in printed and "| LatentSR (cxr-sr4 + data consistency) |" in printed
+    assert printed.count("montage:") == 2 and "| LatentSR (brain-sr4 + data consistency) |" in printed and "| LatentSR (cxr-sr4 + data consistency) |" in printed
     assert (out / "metrics.md").is_file()
     for case, recorded in (("brain", brain), ("chest", chest)):
         folder = out / DEMO_CASES[case].name

@@ -1,6 +1,7 @@
 """Regenerate the measured parts of a model card from its saved results (rule 9: no typed numbers).
 
     python Training/scripts/write_card.py Training/models/brain-sr4 [--demo]
+    python Training/scripts/write_card.py --readme      # the README's demo table, from the demo models' cards
 
 ``--demo`` first re-runs the demo case recorded in ``card.json`` (the run ``Testing/demo`` reproduces)
 and stores its figures there. Then every block of the model's README.md between
@@ -46,16 +47,20 @@ def real_scans_block(results: dict[str, Any]) -> str:
              f"{settings['samples']} sample(s), on axial slices {first['slices'][0]}, {first['slices'][0] + settings['every']}, ... "
              f"{first['slices'][-1]} (those with anatomy scored), against "
              f"the true 1 mm slices in the scan's intensity window. Cells: PSNR (dB) / SSIM / LPIPS; LPIPS is {lpips}.",
-             "", "| scan | slices | bicubic | " + " | ".join(RUNS.values()) + " |", "| --- | --- | --- | --- | --- |"]
-    for name in results["scans"]:
-        parts = {run: summarise(results, run, [name]) for run in RUNS if run in results["scans"][name]["runs"]}
+             "The last column is the autoencoder's own encode-decode of the true slices (the ceiling of the "
+             "sampled image, not an SR method; PSNR of the whole volume).",
+             "", "| scan | slices | bicubic | " + " | ".join(RUNS.values()) + " | autoencoder ceiling (dB) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, entry in results["scans"].items():
+        parts = {run: summarise(results, run, [name]) for run in RUNS if run in entry["runs"]}
         base = next(iter(parts.values()))
+        ceiling = next(iter(entry["runs"].values())).get("psnr_ae_ceiling")
         lines.append(f"| {name} | {base['n']} | {_triple(base, 'lr')} | " +
-                     " | ".join(_triple(parts[run], "sr") if run in parts else "" for run in RUNS) + " |")
+                     " | ".join(_triple(parts[run], "sr") if run in parts else "" for run in RUNS) + f" | {_f(ceiling, 2)} |")
     overall = {run: summarise(results, run) for run in RUNS if any(run in e["runs"] for e in results["scans"].values())}
     base = next(iter(overall.values()))
     lines.append(f"| **all** | {base['n']} | {_triple(base, 'lr')} | " +
-                 " | ".join(_triple(overall[run], "sr") if run in overall else "" for run in RUNS) + " |")
+                 " | ".join(_triple(overall[run], "sr") if run in overall else "" for run in RUNS) + " | |")
     lines.append("")
     for run, summary in overall.items():
         gain = summary.get("psnr_gain")
@@ -87,7 +92,8 @@ def targets_block(results: dict[str, Any]) -> str:
 
 def steps_block(curve: dict[str, Any]) -> str:
     lines = [f"Scan `{curve['scan']}`, the same slices and protocol as above; PSNR (dB) / SSIM / LPIPS of the SR "
-             "(bicubic does not depend on the steps).", "", "| steps | " + " | ".join(RUNS.values()) + " | seconds per slice |",
+             "(bicubic does not depend on the steps). Seconds per slice as the run took them (indicative only when the CPU was "
+             "shared; `Testing/benchmarks/bench_real_scan.py` times cleanly).", "", "| steps | " + " | ".join(RUNS.values()) + " | seconds per slice |",
              "| --- | --- | --- | --- |"]
     best = {}
     for steps, results in curve["runs"].items():
@@ -122,6 +128,28 @@ def validation_block(path: Path) -> str:
     return "\n".join(lines)
 
 
+def calibration_block(assessment: dict[str, Any]) -> str:
+    """The calibration issue's targets from ``latentsr calibrate --assess`` (its report is beside it)."""
+    cal, cov = assessment["calibration"], assessment["coverage"]
+    auroc = assessment["auroc"]["hallucinated"]
+    width, std = auroc["calibrated_half_width"]["pooled"], auroc["std"]["pooled"]
+    nominal = assessment["nominal"]
+    within = abs(cov["mean_over_images"] - nominal) <= 0.02
+    return "\n".join([
+        f"Calibrated on {cal['images']} {cal['split']} tiles of `{cal['dataset']}` (K = {cal['samples']}, {cal['steps']} "
+        f"step(s), data consistency {'on' if assessment['sampling']['data_consistency'] else 'off'}; lam = {cal['lam']:.3f}, "
+        f"alpha {cal['alpha']}, delta {cal['delta']}) and assessed on {assessment['images']} {assessment['split']} tiles "
+        "(`results/calibration_assessment/`):", "",
+        "| target | measured | |", "| --- | --- | --- |",
+        f"| coverage within 2 pp of nominal {nominal:.2f} | {cov['mean_over_images']:.3f} "
+        f"({100 * (cov['mean_over_images'] - nominal):+.1f} pp; min over tiles {cov['min_over_images']:.3f}) | "
+        f"{'met' if within else '**not met**'} |",
+        f"| AUROC of the calibrated width for hallucinated pixels >= 0.75 and above the raw std's | {width:.3f} "
+        f"(raw std {std:.3f}, consistency {auroc['consistency']['pooled']:.3f}) | "
+        f"{'met' if width >= 0.75 and width > std else '**not met**'} |",
+    ])
+
+
 def demo_block(card: dict[str, Any]) -> str:
     demo = card["demo"]
     return (f"`latentsr demo` ({demo['input']}; {demo['slices']} slices, {demo['steps']} steps, {demo['samples']} "
@@ -152,11 +180,36 @@ def replace_block(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text)
 
 
+def readme_demo_table(models: Path) -> str:
+    """One row per demo case, from its model's card (the run ``Testing/demo`` reproduces)."""
+    from LatentSRLib.demo import DEMO_CASES
+
+    lines = ["| case | the run (`card.json`) | bicubic PSNR (dB) | LatentSR PSNR (dB) | autoencoder ceiling PSNR (dB) |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, case in DEMO_CASES.items():
+        card = json.loads((models / case.model / "card.json").read_text())
+        demo = card["demo"]
+        run = (f"{demo['input']}; {demo['steps']} steps, {demo['samples']} samples"
+               f"{', data consistency' if demo.get('data_consistency') else ''}")
+        lines.append(f"| {name} (`{case.model}`) | {run} | {demo['psnr_lr']:.2f} | {demo['psnr_sr']:.2f} | "
+                     f"{demo['psnr_ae_ceiling']:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", type=Path)
+    parser.add_argument("model", type=Path, nargs="?")
     parser.add_argument("--demo", action="store_true", help="re-run the card's demo case first")
+    parser.add_argument("--readme", action="store_true", help="rewrite the README's demo table from the cards")
     args = parser.parse_args(argv)
+    root = Path(__file__).resolve().parents[2]
+    if args.readme:
+        readme = root / "README.md"
+        with atomic_path(readme) as tmp:
+            tmp.write_text(replace_block(readme.read_text(), "demo-table", readme_demo_table(root / "Training" / "models")))
+        print(f"wrote {readme}")
+    if args.model is None:
+        return 0
     folder = args.model
     card = json.loads((folder / "card.json").read_text())
     if args.demo:
@@ -171,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         text = replace_block(text, "targets", targets_block(results))
     if (folder / "results" / "steps.json").is_file():
         text = replace_block(text, "steps", steps_block(json.loads((folder / "results" / "steps.json").read_text())))
+    assessment = folder / "results" / "calibration_assessment" / "calibration_assessment.json"
+    if assessment.is_file():
+        text = replace_block(text, "calibration", calibration_block(json.loads(assessment.read_text())))
     text = replace_block(text, "demo", demo_block(card))
     with atomic_path(readme) as tmp:
         tmp.write_text(text)
