@@ -96,7 +96,7 @@ def heuristic_width(std: np.ndarray, consistency: np.ndarray, floor: float = DEF
     in quadrature as independent spreads. The floor keeps every width positive.
 
     How it was chosen (a small real example, so read it as a sanity check, not a benchmark): the
-    shipped ``brain-sr4`` model, 10 DDIM steps, on 60 axial slices of BraTS-GLI-00001-000 (a subject
+    earlier 128-grid ``brain-sr4`` model, 10 DDIM steps, on 60 axial slices of BraTS-GLI-00001-000 (a subject
     it never saw; 30 FLAIR + 30 T1 slices, 128 px), calibrated on one sequence and tested on the
     other, both ways. In the large-n limit (``lam`` where the calibration slices' mean risk reaches
     alpha = 0.1), at equal held-out coverage (0.89-0.90) the mean foreground half-width was, in
