@@ -197,11 +197,13 @@ def _montage(path: Path, slices: dict[str, np.ndarray], scale: int, title: str) 
     h, w = hr.shape
     if "lr_pixels" in slices:  # the measured pixels, shown enlarged without smoothing
         lr_pixels = slices["lr_pixels"]
+        coarse_rows, coarse_cols = -(-h // scale), -(-w // scale)  # a partial coarse pixel counts (the grid's rule)
     else:  # an input on the fine grid: area-averaged back to the low-resolution grid
         small = slices["lr"][: h - h % scale, : w - w % scale].reshape(h // scale, scale, w // scale, scale).mean((1, 3))
         lr_pixels = np.kron(small, np.ones((scale, scale)))
+        coarse_rows, coarse_cols = small.shape
     error = np.abs(slices["sr"] - hr)
-    top = [(lr_pixels, f"LR input ({h // scale}x{w // scale} pixels)"), (slices["lr"], "bicubic"),
+    top = [(lr_pixels, f"LR input ({coarse_rows}x{coarse_cols} pixels)"), (slices["lr"], "bicubic"),
            (slices["sr"], "LatentSR"), (hr, "true high resolution")]
     figure = new_figure(13, 7)
     axes = figure.subplots(2, 4)
