@@ -81,6 +81,10 @@ class SRSettings:
             (``SR + (LR - A(SR))``, clipped, with the noise-free forward operator ``A``); the
             consistency map is then measured after it.
         autocast: reduced precision (bf16/fp16) on CUDA.
+        tile: pixels per side of the sliding window's tiles (None: the tile the model was trained on).
+            A larger tile runs fewer windows with less overlap: on a CPU the whole 240 x 240 slice as one
+            256 x 256 tile was 1.6-2.9x faster than 128 x 128 tiles for brain-sr4, at -0.07 dB (README).
+            A multiple of the autoencoder's down-sampling times the denoiser's (checked on use).
         skip_background: a tile (or a slice that fits one tile) with no pixel above the model's
             background level is not sampled; the output keeps the up-sampled input there. It is the
             rule that kept such images out of training (no foreground), so the model has never learnt
@@ -95,11 +99,14 @@ class SRSettings:
     data_consistency: bool = False
     autocast: bool = True
     skip_background: bool = True
+    tile: int | None = None
 
     def __post_init__(self) -> None:
         self.sampling  # validates steps and samples  # noqa: B018
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.tile is not None and self.tile < 1:
+            raise ValueError(f"the tile must be >= 1 pixel, got {self.tile}")
 
     @property
     def sampling(self) -> SamplingSettings:
@@ -161,6 +168,19 @@ def _mean_std(model: SRModel, lr: torch.Tensor, keys: list[int], settings: SRSet
         result = sample_sr(model, lr[busy], [key for key, b in zip(keys, busy.tolist()) if b], settings.sampling)
         mean[busy], std[busy] = result.mean.to(mean.dtype), result.std.to(std.dtype)
     return mean, std
+
+
+def tile_size(model: SRModel, settings: SRSettings) -> tuple[int, int]:
+    """The sliding window's tile: ``settings.tile`` (square) or the model's training tile. A tile must
+    hold whole latent pixels that the denoiser's levels can halve down to its coarsest one."""
+    if settings.tile is None:
+        return tuple(int(v) for v in model.config.get("grid", {}).get("size", (256, 256)))
+    levels = len(model.config.get("denoiser", {}).get("network", {}).get("channels", (0,)))
+    step = model.autoencoder.downsampling_factor * 2 ** max(levels - 1, 0)
+    if settings.tile % step:
+        raise InputError(f"a tile of {settings.tile} pixels does not fit this model: use a multiple of {step} "
+                         f"(e.g. {max(step, round(settings.tile / step) * step)})")
+    return (settings.tile, settings.tile)
 
 
 def _window_for(model: SRModel, image: MedicalImage) -> IntensityWindow:
@@ -280,7 +300,7 @@ def super_resolve_volume(
     if mask is not None and reference is None:
         raise InputError("region metrics need a reference (or --simulate-scale)", mask.path)
 
-    tile = tuple(int(v) for v in model.config.get("grid", {}).get("size", (256, 256)))
+    tile = tile_size(model, settings)
     grid = ModelGrid(tile, fit="tile")  # native pixel pitch: pad to whole latent pixels, never resize
     batch_size = settings.batch_size or default_batch_size(torch_device, tile[0] * tile[1])
     n = lr_fine.shape[0]
@@ -552,7 +572,7 @@ def _through_plane(model: SRModel, image: MedicalImage, *, plane: str, settings:
     planes = [p for p in ("axial", "coronal", "sagittal") if out_grid.array_axis_for_plane(p) != axis]
     if len(planes) != 2:
         raise InputError("cannot tell the two planes that contain the thick axis (an oblique volume?)", image.path)
-    tile = tuple(int(v) for v in model.config.get("grid", {}).get("size", (256, 256)))
+    tile = tile_size(model, settings)
     grid = ModelGrid(tile, fit="tile")
     means, variances, fused_layout, lr_fine_first = [], [], None, None
     skipped_tiles = 0

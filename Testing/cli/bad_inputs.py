@@ -317,9 +317,10 @@ def build_corpus(root: Path, model: Path, vae: Path) -> list[Case]:
     # ---- bad numeric options (the culprit is the option)
     for option, value in (("--steps", "0"), ("--steps", "-3"), ("--steps", "ten"), ("--samples", "0"),
                           ("--batch-size", "0"), ("--simulate-scale", "3"), ("--simulate-scale", "0"),
-                          ("--device", "quantum")):
+                          ("--device", "quantum"), ("--tile", "0"), ("--tile", "40")):
         refuse(f"sr{option}={value}", ["sr", good, "-o", out / "opt-sr", "--model", model, option, value],
-               {"--simulate-scale=3": "simulated scale of 3", "--device=quantum": "device 'quantum'"}.get(
+               {"--simulate-scale=3": "simulated scale of 3", "--device=quantum": "device 'quantum'",
+                "--tile=40": "a tile of 40 pixels"}.get(
                    f"{option}={value}", option), [out / "opt-sr"])
     for option, value in (("--scale", "0"), ("--scale", "-2"), ("--noise", "-0.1"), ("--noise", "nan"),
                           ("--noise", "inf")):

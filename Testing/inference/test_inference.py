@@ -87,6 +87,35 @@ def test_tile_model_keeps_native_pixels_and_blends_tiles(tile_model_folder, monk
     assert np.corrcoef(result.sr.array.ravel().astype(float), image.array.ravel())[0, 1] > 0.8
 
 
+def test_a_larger_tile_runs_fewer_windows_and_gives_the_same_image(tile_model_folder, monkeypatch):
+    from LatentSRLib.errors import InputError
+
+    model = load_sr_model(tile_model_folder)  # trained on 32 x 32 tiles; tiny denoiser: 3 levels, AE 4x
+    install_pooling_model(model, monkeypatch)
+    encode = model.autoencoder.encode
+    encoded = []
+
+    def counting(x, **kwargs):
+        encoded.append(int(x.shape[0]))
+        return encode(x, **kwargs)
+
+    monkeypatch.setattr(model.autoencoder, "encode", counting)
+    image = radiograph_like()  # 90 x 75 pixels
+    results = {}
+    for tile in (None, 96):
+        encoded.clear()
+        results[tile] = super_resolve_volume(model, image, same_grid=True, device="cpu",
+                                             settings=SRSettings(tile=tile, skip_background=False))
+        results[tile].windows = sum(encoded)
+    assert results[96].windows == 1 < results[None].windows  # the whole image in one window
+    assert results[96].metrics["settings"]["tile"] == 96 and results[None].metrics["settings"]["tile"] is None
+    # the echo model's SR is the pooled input: where the tiles meet changes nothing but the blending
+    a, b = (results[t].sr.array.astype(float) for t in (None, 96))
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+    with pytest.raises(InputError, match="multiple of 16"):
+        super_resolve_volume(model, image, same_grid=True, device="cpu", settings=SRSettings(tile=40))
+
+
 def test_tile_noise_is_per_tile_so_batching_does_not_matter(tile_model_folder, monkeypatch):
     model = load_sr_model(tile_model_folder)
     image = radiograph_like()
