@@ -152,7 +152,8 @@ def calibration_block(assessment: dict[str, Any]) -> str:
 
 def demo_block(card: dict[str, Any]) -> str:
     demo = card["demo"]
-    return (f"`latentsr demo` ({demo['input']}; {demo['slices']} slices, {demo['steps']} steps, {demo['samples']} "
+    size = f"{demo['slices']} slices" if "slices" in demo else f"central {demo.get('crop')} pixels"
+    return (f"`latentsr demo` ({demo['input']}; {size}, {demo['steps']} steps, {demo['samples']} "
             f"samples{', data consistency' if demo.get('data_consistency') else ''}): bicubic {demo['psnr_lr']:.2f} dB, "
             f"{card['model']} {demo['psnr_sr']:.2f} dB, its autoencoder's ceiling {demo['psnr_ae_ceiling']:.2f} dB "
             "(`card.json`; `Testing/demo` reproduces it).")
@@ -227,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     assessment = folder / "results" / "calibration_assessment" / "calibration_assessment.json"
     if assessment.is_file():
         text = replace_block(text, "calibration", calibration_block(json.loads(assessment.read_text())))
-    text = replace_block(text, "demo", demo_block(card))
+    if "<!-- generated: demo -->" in text:
+        text = replace_block(text, "demo", demo_block(card))
     with atomic_path(readme) as tmp:
         tmp.write_text(text)
     print(f"wrote {readme}")
