@@ -136,13 +136,13 @@ def calibration_block(assessment: dict[str, Any]) -> str:
     nominal = assessment["nominal"]
     within = abs(cov["mean_over_images"] - nominal) <= 0.02
     return "\n".join([
-        f"Calibrated on {cal['images']} {cal['split']} tiles of `{cal['dataset']}` (K = {cal['samples']}, {cal['steps']} "
+        f"Calibrated on {cal['images']} {cal['split']} images of `{cal['dataset']}` (K = {cal['samples']}, {cal['steps']} "
         f"step(s), data consistency {'on' if assessment['sampling']['data_consistency'] else 'off'}; lam = {cal['lam']:.3f}, "
-        f"alpha {cal['alpha']}, delta {cal['delta']}) and assessed on {assessment['images']} {assessment['split']} tiles "
+        f"alpha {cal['alpha']}, delta {cal['delta']}) and assessed on {assessment['images']} {assessment['split']} images "
         "(`results/calibration_assessment/`):", "",
         "| target | measured | |", "| --- | --- | --- |",
         f"| coverage within 2 pp of nominal {nominal:.2f} | {cov['mean_over_images']:.3f} "
-        f"({100 * (cov['mean_over_images'] - nominal):+.1f} pp; min over tiles {cov['min_over_images']:.3f}) | "
+        f"({100 * (cov['mean_over_images'] - nominal):+.1f} pp; min over images {cov['min_over_images']:.3f}) | "
         f"{'met' if within else '**not met**'} |",
         f"| AUROC of the calibrated width for hallucinated pixels >= 0.75 and above the raw std's | {width:.3f} "
         f"(raw std {std:.3f}, consistency {auroc['consistency']['pooled']:.3f}) | "
