@@ -145,15 +145,18 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     parent = _ensure_parent(target)
     if target.is_dir():
         raise OutputError("a folder is in the way of this output file", target)
-    staging = _staging_folder(target, parent)
+    staging = None
     try:
+        with _interrupts_deferred():  # a Ctrl-C right after the folder is made must still find it to remove
+            staging = _staging_folder(target, parent)
         yield staging / target.name
         written = sorted(staging.iterdir(), key=lambda p: p.name == target.name)
         with _interrupts_deferred():
             for item in written:
                 os.replace(item, parent / item.name)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -167,17 +170,21 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     parent = _ensure_parent(target)
     if target.exists() and not target.is_dir():
         raise OutputError("a file is in the way of this output folder", target)
-    tmp = _staging_folder(target, parent)
+    tmp = None
     try:
+        with _interrupts_deferred():  # a Ctrl-C right after the folder is made must still find it to remove
+            tmp = _staging_folder(target, parent)
         yield tmp
         old = None
-        with _interrupts_deferred():  # Ctrl-C between the two renames would leave neither folder in place
+        # Ctrl-C between the two renames would leave neither folder in place, and during the removal of
+        # the previous output a half-deleted hidden folder beside the new one
+        with _interrupts_deferred():
             if target.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
                 os.replace(target, old / target.name)
             os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
