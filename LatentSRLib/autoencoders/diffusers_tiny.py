@@ -41,7 +41,7 @@ _TINY_VERSION = 1
 #: the record beside a derived model saved in diffusers' own format (whose config.json is diffusers')
 _DIFFUSERS_RECORD = "latentsr.json"
 #: licence files copied from the source weights' folder into a derived model folder
-_NOTICE_PATTERNS = ("LICENSE*", "LICENCE*", "COPYING*", "NOTICE*")
+NOTICE_PATTERNS = ("LICENSE*", "LICENCE*", "COPYING*", "NOTICE*")
 # The TAESD family (TAESD, TAESDXL, TAESD3, TAEF1, TAEF2...) is published under the MIT licence at
 # https://github.com/madebyollin/taesd; written beside derived weights when the source folder has
 # no licence file of its own.
@@ -264,7 +264,7 @@ def _write_notices(source_folder: Path | None, folder: Path) -> tuple[list[str],
     """Copy the source weights' licence files into ``folder``; write the TAESD MIT notice when there
     are none. Returns the notice files and the licence in words."""
     found = [] if source_folder is None else sorted(
-        {p for pattern in _NOTICE_PATTERNS for p in source_folder.glob(pattern) if p.is_file()})
+        {p for pattern in NOTICE_PATTERNS for p in source_folder.glob(pattern) if p.is_file()})
     for path in found:
         if path.resolve() != (folder / path.name).resolve():
             with atomic_path(folder / path.name) as tmp:

@@ -6,7 +6,8 @@ the mean; paired comparisons of every method with a reference method (the first 
 first method; differences are reference - method): mean difference with a paired bootstrap CI,
 two-sided Wilcoxon signed-rank p, the paired d_z and Cohen's d with the pooled SD (both labelled),
 optionally Holm-adjusted p-values within each (dataset, metric) family; n always stated. Also the
-Haar subband differences, the Bland-Altman agreement of the mean intensity with the true image and
+Haar subband differences, Cohen's h of the hallucination and loss rates against the reference's, the
+Bland-Altman agreement of the mean intensity with the true image and
 the AE ceiling -> SR quality regression (one point per SR model x dataset). Non-finite values (inf
 PSNR of an exactly reproduced image) are left out and counted, never imputed. With
 ``aggregate="subject"`` every number is first averaged over a subject's slices, so n counts
@@ -30,7 +31,7 @@ from LatentSRLib.metrics.agreement import bland_altman
 from LatentSRLib.metrics.regression import ceiling_regression
 from LatentSRLib.evaluation.rows import (AGGREGATES, SUBBAND_COLUMNS, TEXT_COLUMNS, check_paired, lpips_column, ordered,
                                         paired_values_by_unit, row_columns, values_by_unit)
-from LatentSRLib.metrics.statistics import EFFECT_SIZE_LABELS, holm_correction, pair_by_id, paired_comparison, summarise
+from LatentSRLib.metrics.statistics import EFFECT_SIZE_LABELS, cohens_h, holm_correction, pair_by_id, paired_comparison, summarise
 
 __all__ = ["COMPARED", "CONFIDENCE", "statistics_from_rows"]
 
@@ -58,6 +59,23 @@ def _reference(methods: list[str], kinds: dict[str, str], wanted: str | None) ->
     return next((m for m in methods if kinds[m] == "sr_model"), methods[0])
 
 
+def _hallucination_effects(per_method: dict[str, dict], reference: str) -> dict[str, dict[str, float]]:
+    """``{method: {"hallucinated_h", "lost_h"}}``: Cohen's h of the reference's mean rate minus the method's.
+
+    Only methods with a noise floor (an autoencoder) have rates; each rate is measured against the
+    method's OWN autoencoder floor, so h compares how often each model leaves its own AE's noise."""
+    ref = per_method[reference]
+    if not ref.get("hallucinated_fraction"):
+        return {}
+    effects = {}
+    for m, s in per_method.items():
+        if m == reference or not s.get("hallucinated_fraction"):
+            continue
+        effects[m] = {f"{kind}_h": cohens_h(ref[f"{kind}_fraction"]["mean"], s[f"{kind}_fraction"]["mean"])
+                      for kind in ("hallucinated", "lost")}
+    return effects
+
+
 def statistics_from_rows(
     rows: Sequence[dict],
     *,
@@ -80,7 +98,7 @@ def statistics_from_rows(
     Returns:
         ``{"aggregate", "unit", "lpips_column", "datasets", "methods", "kinds", "noise_floor",
         "reference", "per_method", "comparisons", "subband_differences", "bland_altman",
-        "regression_points", "regression"}``.
+        "hallucination_effects", "regression_points", "regression"}``.
     """
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
@@ -107,6 +125,7 @@ def statistics_from_rows(
         "comparisons": [],
         "subband_differences": {},
         "bland_altman": {},
+        "hallucination_effects": {},
         "regression_points": [],
     }
     for dataset in datasets:
@@ -164,6 +183,8 @@ def statistics_from_rows(
                 keep = np.isfinite(x) & np.isfinite(y)
                 bands[column] = float(np.mean(x[keep] - y[keep])) if keep.any() else math.nan
             out["subband_differences"][dataset][m] = bands
+        # hallucination and loss rates against the reference's: Cohen's h of the mean rates
+        out["hallucination_effects"][dataset] = _hallucination_effects(out["per_method"][dataset], ref)
         # Bland-Altman of the mean intensity against the true image
         out["bland_altman"][dataset] = {}
         for m in methods:

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 from LatentSRLib.evaluation.row_statistics import statistics_from_rows
 from LatentSRLib.evaluation.rows import SUBBAND_COLUMNS
+from LatentSRLib.metrics.statistics import EFFECT_SIZE_LABELS
 
 __all__ = ["tables_from_rows", "tables_from_statistics"]
 
@@ -215,17 +216,24 @@ def tables_from_statistics(stats: dict, lpips_label: str | None = None, k: float
               "method's "
               "own autoencoder on that image, over the anatomy (HR > 0.02, holes filled). AE-ceiling rows are their "
               "own reconstruction against their own floor (the share any SR output that equals the AE reconstruction "
-              "would show). Interpolation has no autoencoder, hence no noise floor: not listed.", ""]
+              "would show). Interpolation has no autoencoder, hence no noise floor: not listed. h: "
+              f"{EFFECT_SIZE_LABELS['cohens_h']}, the reference's rate against the method's (hallucinated / lost; "
+              "|h| 0.2 / 0.5 / 0.8: small / medium / large).", ""]
     body = []
     for dataset in stats["datasets"]:
+        effects = stats.get("hallucination_effects", {}).get(dataset, {})
         for m in stats["methods"][dataset]:
             s = stats["per_method"][dataset][m]
             if not s["hallucinated_fraction"]:
                 continue
+            h = effects.get(m)
+            h_cell = (f"{_signed(h['hallucinated_h'], 2)} / {_signed(h['lost_h'], 2)}" if h
+                      else "reference" if m == stats["reference"][dataset] else "")
             body.append([dataset, _method_cell(m, kinds[m]), f"`{stats['noise_floor'][m]}`", s["n"],
                          _mean_sd(s["hallucinated_fraction"], 2, 100.0), _mean_sd(s["lost_fraction"], 2, 100.0),
-                         _mean_sd(s["noise_floor_tau"], 4)])
-    lines += (_table(["dataset", "method", "noise floor from", "n", "hallucinated %", "lost %", "τ"], body)
+                         _mean_sd(s["noise_floor_tau"], 4), h_cell])
+    lines += (_table(["dataset", "method", "noise floor from", "n", "hallucinated %", "lost %", "τ",
+                      "Cohen's h vs reference"], body)
               if body else ["No method with an autoencoder noise floor."])
     lines.append("")
 

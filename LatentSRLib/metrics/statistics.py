@@ -33,6 +33,7 @@ __all__ = [
     "EFFECT_SIZE_LABELS",
     "PairedComparison",
     "aggregate_by",
+    "cohens_h",
     "compare_by_id",
     "holm_correction",
     "pair_by_id",
@@ -46,6 +47,7 @@ NonFinite = Literal["raise", "drop"]
 EFFECT_SIZE_LABELS = {
     "d_z": "paired d_z (mean difference / SD of differences)",
     "cohens_d_pooled": "Cohen's d (pooled SD)",
+    "cohens_h": "Cohen's h (2 asin sqrt p1 - 2 asin sqrt p2, of the mean rates)",
 }
 
 # bound the memory of one block of bootstrap resamples: 2e6 entries = 16 MB per array
@@ -356,6 +358,22 @@ def holm_correction(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
     scaled = p[order] * (m - np.arange(m))
     adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
     return adjusted
+
+
+def cohens_h(p1: float, p2: float) -> float:
+    """Cohen's h, the effect size of a difference between two proportions: ``2 asin sqrt(p1) - 2 asin sqrt(p2)``.
+
+    The arcsine makes equal differences of h equally detectable whatever the base rate (0.01 vs
+    0.02 is a larger effect than 0.50 vs 0.51); |h| of 0.2 / 0.5 / 0.8 are Cohen's small / medium
+    / large. scipy and statsmodels compute power for it but not the statistic itself.
+
+    Raises:
+        ValueError: a proportion outside ``[0, 1]`` or not finite.
+    """
+    for name, p in (("p1", p1), ("p2", p2)):
+        if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+            raise ValueError(f"{name} must be a proportion in [0, 1], got {p!r}")
+    return 2.0 * math.asin(math.sqrt(p1)) - 2.0 * math.asin(math.sqrt(p2))
 
 
 def summarise(

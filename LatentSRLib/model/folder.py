@@ -193,13 +193,38 @@ def _shared_autoencoder_spec(sibling: Path, target: Path, recorded: Mapping[str,
     return f"monai:../{sibling.name}/autoencoder"
 
 
+def _copy_tiny_autoencoder(where: str, destination: Path) -> bool:
+    """Copy a ``tiny:`` autoencoder stored on disk into ``destination``; False for a hub id (kept as is)."""
+    import shutil
+
+    from LatentSRLib.autoencoders.diffusers_tiny import NOTICE_PATTERNS, TAESD_MIT_NOTICE
+
+    location = where.partition("#")[0]
+    if "," in location:  # ENC.pth,DEC.pth: the pair goes into a folder, which tiny: loads as such
+        files = [Path(part).expanduser() for part in location.split(",")]
+        if not all(f.is_file() for f in files):
+            return False
+        destination.mkdir()
+        for f in files:
+            shutil.copy2(f, destination / f.name)
+    elif Path(location).expanduser().is_dir() and "#" not in where:
+        shutil.copytree(Path(location).expanduser(), destination)
+    else:
+        return False
+    if not any(any(destination.glob(pattern)) for pattern in NOTICE_PATTERNS):
+        (destination / "LICENSE").write_text(TAESD_MIT_NOTICE)
+    return True
+
+
 def package_sr_model(source: str | os.PathLike, target: str | os.PathLike, *, half: bool = True,
                      share_autoencoder_with: str | os.PathLike | None = None) -> Path:
     """Write a self-contained copy of a model folder that can be moved or shipped.
 
-    A ``monai:`` autoencoder is copied into ``target/autoencoder`` and referenced relatively
-    (its weights unchanged, so the recorded fingerprint still holds); other specs (``medvae:``
-    names, hub ids) are kept as they are. With ``share_autoencoder_with`` (a packaged model in the
+    A ``monai:`` autoencoder, and a ``tiny:`` one stored on disk (a folder, or an ``ENC,DEC`` pair
+    of files), is copied into ``target/autoencoder`` and referenced relatively (its weights
+    unchanged, so the recorded fingerprint still holds; a tiny one keeps its licence notice, or gets
+    the TAESD family's MIT notice when its folder has none); other specs (``medvae:`` names, hub
+    ids) are kept as they are. With ``share_autoencoder_with`` (a packaged model in the
     same parent folder, trained in the same latent space) the copy is not made: the model refers to
     ``../<that model>/autoencoder``, so models shipped together store a shared autoencoder once.
     With ``half`` the denoiser's floating-point weights are stored as float16 (about half the size;
@@ -227,6 +252,8 @@ def package_sr_model(source: str | os.PathLike, target: str | os.PathLike, *, ha
         elif scheme == "monai":
             shutil.copytree(where, staging / "autoencoder")
             recorded["spec"] = "monai:autoencoder"
+        elif scheme == "tiny" and _copy_tiny_autoencoder(where, staging / "autoencoder"):
+            recorded["spec"] = "tiny:autoencoder"
         state = load_file(str(source / WEIGHTS_FILE))
         if half:
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}

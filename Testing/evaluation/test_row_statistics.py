@@ -110,3 +110,43 @@ def test_paired_values_by_unit_refuses_mismatched_subjects():
         paired_values_by_unit(a, b, "psnr", "subject")
     with pytest.raises(ValueError, match="cannot pair"):
         paired_values_by_unit(a, b[1:], "psnr", "subject")
+
+
+def _hallucination_rows():
+    """Two SR models with their own noise floors (ae:x, ae:y): model:a hallucinates 1-3 %, model:b 10-30 %."""
+    rows = []
+    rates = {"model:a": ([0.01, 0.02, 0.03], [0.05, 0.05, 0.05]), "model:b": ([0.10, 0.20, 0.30], [0.0, 0.0, 0.0])}
+    for method, floor in (("model:a", "ae:x"), ("model:b", "ae:y")):
+        hallucinated, lost = rates[method]
+        for i in range(3):
+            rows.append({"dataset": "d", "id": f"s{i}", "subject": "P", "method": method, "kind": "sr_model",
+                         "noise_floor": floor, "psnr": 30.0 + i, "ssim": 0.9, "ms_ssim": math.nan,
+                         "hallucinated_fraction": hallucinated[i], "lost_fraction": lost[i], "noise_floor_tau": 0.05,
+                         "mean_intensity": 0.3, "hr_mean_intensity": 0.3})
+    return rows
+
+
+def test_cohens_h_of_the_hallucination_rates_against_the_reference():
+    stats = statistics_from_rows(_hallucination_rows(), n_resamples=200)
+    effects = stats["hallucination_effects"]["d"]
+    assert set(effects) == {"model:b"}  # the reference (first SR model) is not compared with itself
+    # the mean rates: model:a 2 % hallucinated / 5 % lost, model:b 20 % / 0 %
+    assert effects["model:b"]["hallucinated_h"] == pytest.approx(
+        2 * np.arcsin(np.sqrt(0.02)) - 2 * np.arcsin(np.sqrt(0.20)), abs=1e-12)
+    assert effects["model:b"]["lost_h"] == pytest.approx(2 * np.arcsin(np.sqrt(0.05)), abs=1e-12)
+    from LatentSRLib.evaluation.tables import tables_from_statistics
+    s7 = tables_from_statistics(stats).split("## Table S7")[1].split("## Table S8")[0]
+    assert "Cohen's h vs reference" in s7
+    assert f"{effects['model:b']['hallucinated_h']:+.2f} / {effects['model:b']['lost_h']:+.2f}" in s7
+
+
+def test_cohens_h_known_values_and_refusals():
+    from LatentSRLib.metrics.statistics import cohens_h
+    assert cohens_h(0.5, 0.0) == pytest.approx(math.pi / 2)    # 2 asin(sqrt(1/2)) = pi/2
+    assert cohens_h(1.0, 0.0) == pytest.approx(math.pi)
+    assert cohens_h(0.3, 0.3) == 0.0
+    # the same difference of rates is a larger effect near 0 than near 1/2
+    assert abs(cohens_h(0.02, 0.01)) > abs(cohens_h(0.51, 0.50))
+    for bad in (-0.1, 1.5, math.nan):
+        with pytest.raises(ValueError, match="proportion"):
+            cohens_h(bad, 0.5)

@@ -409,6 +409,55 @@ def test_models_shipped_together_can_share_one_autoencoder(model_folder, tmp_pat
     assert "beside" in capsys.readouterr().err and not (tmp_path / "apart").exists()
 
 
+def _taef2_space_model(root, spec: str):
+    """An untrained tiny denoiser in TAEF2's latent space (32 channels, 8x), its autoencoder given by ``spec``."""
+    from LatentSRLib.autoencoders import load_autoencoder, weights_fingerprint
+    from LatentSRLib.autoencoders.latent_stats import LatentStats
+    from LatentSRLib.diffusion import DDPMObjective, build_denoiser
+    from LatentSRLib.model.folder import save_sr_model
+
+    autoencoder = load_autoencoder(spec, latent_stats=None)
+    stats = LatentStats.estimate(autoencoder, [np.random.default_rng(0).random((2, 64, 64), dtype=np.float32)])
+    torch.manual_seed(0)
+    denoiser = build_denoiser("tiny", 32)
+    with torch.no_grad():
+        for parameter in denoiser.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return save_sr_model(root, denoiser, objective=DDPMObjective().to_dict(),
+                         autoencoder={"spec": spec, "name": "taef2", "weights_sha256": weights_fingerprint(autoencoder),
+                                      "latent_channels": 32, "downsampling_factor": 8},
+                         latent_stats=stats, task=parse_task("sr4").to_dict(),
+                         grid={"size": [64, 64], "fit": "pad", "lower_percentile": 0.5, "upper_percentile": 99.5},
+                         sampling={"sampler": "ddim", "steps": 2})
+
+
+@pytest.mark.parametrize("as_pair", [False, True], ids=["folder", "encoder,decoder files"])
+def test_a_model_in_taef2_space_packages_with_its_autoencoder_and_the_mit_notice(tmp_path, capsys, as_pair):
+    """A model trained in a pretrained tiny autoencoder's latent space ships self-contained: the
+    weights copied beside it, unchanged (the recorded fingerprint holds), with TAESD's MIT notice."""
+    import shutil
+
+    from conftest import shared_path
+    from LatentSRLib.cli import main
+
+    weights = shared_path("weights", "taef2")
+    spec = (f"tiny:{weights / 'taef2_encoder.pth'},{weights / 'taef2_decoder.pth'}" if as_pair
+            else f"tiny:{weights}")
+    source = _taef2_space_model(tmp_path / "trained", spec)
+    assert main(["package", str(source), "-o", str(tmp_path / "packaged"), "--float32"]) == 0
+    moved = tmp_path / "elsewhere" / "brain-taef2"
+    shutil.move(str(tmp_path / "packaged"), moved)
+    assert json.loads((moved / "config.json").read_text())["autoencoder"]["spec"] == "tiny:autoencoder"
+    for name in ("taef2_encoder.pth", "taef2_decoder.pth"):
+        assert (moved / "autoencoder" / name).read_bytes() == (weights / name).read_bytes()
+    notice = (moved / "autoencoder" / "LICENSE").read_text()
+    assert "MIT License" in notice and "taesd" in notice
+    original, packaged = load_sr_model(source), load_sr_model(moved)
+    assert str(moved / "autoencoder") in packaged.autoencoder.spec
+    lr = torch.rand(1, 1, 64, 64)
+    assert torch.equal(original.super_resolve(lr).mean, packaged.super_resolve(lr).mean)
+
+
 @pytest.mark.parametrize("given, expected", [("false", False), ("False", False), ("true", True), (False, False), ("0", False)])
 def test_the_bundle_reads_a_yes_no_setting_from_the_command_line_as_meant(given, expected):
     """``--data_consistency false`` arrives from the bundle's command line as the string "false", which
