@@ -137,13 +137,20 @@ class ConditionalDenoiser(nn.Module):
         architecture: DiffusionModelUNet arguments (keys of a :data:`DENOISER_PRESETS` entry and
             the other architecture keys); missing keys take the documented defaults.
         preset: name recorded in :attr:`config` (``"custom"`` when the architecture is not a preset).
+        condition_skip: add the condition to the UNet's output (``output = condition + unet(...)``),
+            so an x0-predicting network starts from the LR latent and learns only the residual detail.
+            Meaningful for x0 prediction only (the training setup checks it). The UNet's output layer is
+            zero-initialised, so an untrained skip network returns the LR latent itself: the LR image
+            re-encoded, about bicubic's quality, instead of noise. Without it a CPU-length run spends
+            its first thousand iterations learning to copy the condition.
 
     Shapes: ``x_t`` and ``condition`` are ``(B, C, h, w)`` with ``h`` and ``w`` multiples of
     :attr:`size_multiple`; ``t`` is the model time, ``(B,)`` (or a scalar, broadcast over the
     batch), float in ``[0, 1000]``. Output: ``(B, C, h, w)`` in the input's dtype.
     """
 
-    def __init__(self, latent_channels: int, architecture: Mapping[str, Any], preset: str = "custom") -> None:
+    def __init__(self, latent_channels: int, architecture: Mapping[str, Any], preset: str = "custom",
+                 condition_skip: bool = False) -> None:
         super().__init__()
         if isinstance(latent_channels, bool) or not isinstance(latent_channels, int) or latent_channels < 1:
             raise ValueError(f"latent_channels must be a positive integer, got {latent_channels!r}")
@@ -151,6 +158,7 @@ class ConditionalDenoiser(nn.Module):
         args = {**_ARCHITECTURE_DEFAULTS, **{k: _as_network(v) for k, v in architecture.items()}}
         self.latent_channels = latent_channels
         self.preset = str(preset)
+        self.condition_skip = bool(condition_skip)
         self._architecture = args
         self.unet = DiffusionModelUNet(
             spatial_dims=2, in_channels=2 * latent_channels, out_channels=latent_channels, **args
@@ -163,14 +171,15 @@ class ConditionalDenoiser(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
-        """JSON-able description: ``{"preset", "latent_channels", "network": all UNet arguments}``."""
+        """JSON-able description: ``{"preset", "latent_channels", "condition_skip", "network": all UNet arguments}``."""
         network = {
             "spatial_dims": 2,
             "in_channels": 2 * self.latent_channels,
             "out_channels": self.latent_channels,
             **{k: _as_json(v) for k, v in self._architecture.items()},
         }
-        return {"preset": self.preset, "latent_channels": self.latent_channels, "network": network}
+        return {"preset": self.preset, "latent_channels": self.latent_channels, "condition_skip": self.condition_skip,
+                "network": network}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ConditionalDenoiser:
@@ -189,7 +198,9 @@ class ConditionalDenoiser(nn.Module):
                     f"denoiser config is inconsistent: network {key} must be {value} for {latent_channels} "
                     "latent channels (noisy latent + condition in, latent out, 2D)"
                 )
-        return cls(latent_channels, network, preset=config.get("preset", "custom"))
+        # models saved before the skip existed have no key: they had none
+        return cls(latent_channels, network, preset=config.get("preset", "custom"),
+                   condition_skip=bool(config.get("condition_skip", False)))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, condition: torch.Tensor) -> torch.Tensor:
         """Network output for the noisy latent ``x_t`` at model time ``t`` given the LR ``condition``.
@@ -222,13 +233,15 @@ class ConditionalDenoiser(nn.Module):
             t = t.expand(batch)
         if t.shape != (batch,):
             raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
-        return self.unet(torch.cat([x_t, condition], dim=1), t.to(torch.float32))
+        out = self.unet(torch.cat([x_t, condition], dim=1), t.to(torch.float32))
+        return out + condition if self.condition_skip else out
 
 
-def build_denoiser(preset: str | Mapping[str, Any], latent_channels: int, **overrides: Any) -> ConditionalDenoiser:
+def build_denoiser(preset: str | Mapping[str, Any], latent_channels: int, *, condition_skip: bool = False,
+                   **overrides: Any) -> ConditionalDenoiser:
     """A :class:`ConditionalDenoiser` from a preset name (or an architecture dict) and overrides.
 
-    Example: ``build_denoiser("small", 3, num_res_blocks=1)``.
+    Example: ``build_denoiser("small", 3, num_res_blocks=1)``; ``condition_skip``: see the class.
 
     Raises:
         ValueError: unknown preset (the message lists them) or unknown override keys (lists the valid ones).
@@ -246,7 +259,7 @@ def build_denoiser(preset: str | Mapping[str, Any], latent_channels: int, **over
         # the config must not claim a preset that it no longer is
         name = f"{name}+overrides"
     architecture.update(overrides)
-    return ConditionalDenoiser(latent_channels, architecture, preset=name)
+    return ConditionalDenoiser(latent_channels, architecture, preset=name, condition_skip=condition_skip)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

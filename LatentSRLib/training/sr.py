@@ -133,8 +133,14 @@ def _unwrap(network: nn.Module) -> nn.Module:
     return network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
 
 
-def make_denoiser(preset: str, setup: SRSetup, **overrides: Any) -> ConditionalDenoiser:
-    return build_denoiser(preset, setup.latent_channels, **overrides)
+def make_denoiser(preset: str, setup: SRSetup, *, condition_skip: bool = False,
+                  objective: Mapping[str, Any] | None = None, **overrides: Any) -> ConditionalDenoiser:
+    """The denoiser for ``setup``'s latents; a ``condition_skip`` needs an x0-predicting ``objective``."""
+    if condition_skip and objective is not None and not (
+            objective.get("kind", "ddpm") == "ddpm" and objective.get("prediction", "epsilon") == "x0"):
+        raise ValueError("condition_skip adds the LR latent to the network output, which is meaningful only "
+                         f"when the network predicts the clean latent (ddpm, prediction x0), not {dict(objective)}")
+    return build_denoiser(preset, setup.latent_channels, condition_skip=condition_skip, **overrides)
 
 
 def ema_decay_at(decay: float, updates: int) -> float:

@@ -570,3 +570,41 @@ def test_ema_warms_up_then_holds_its_decay():
     # a fixed 0.999 would still sit near the first value; the warm-up follows the weights
     assert abs(ema.module.weight.item() - 1.0) > 1.0
     assert make_ema(network, 0) is None
+
+
+def test_condition_skip_starts_at_the_condition_and_round_trips():
+    """With the skip an untrained x0 network returns the LR latent exactly (MONAI zero-initialises the
+    UNet's output layer): sampling starts from the LR image, not from noise."""
+    from LatentSRLib.diffusion import ConditionalDenoiser, build_denoiser
+
+    torch.manual_seed(0)
+    skip = build_denoiser("tiny", 4, condition_skip=True)
+    x_t, condition = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16)
+    assert torch.equal(skip(x_t, torch.tensor([999.0, 10.0]), condition), condition)
+    plain = build_denoiser("tiny", 4)
+    assert torch.equal(plain(x_t, torch.tensor([999.0, 10.0]), condition), torch.zeros_like(condition))
+    # trained weights: output = condition + what the UNet alone gives
+    with torch.no_grad():
+        for p in skip.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    rebuilt = ConditionalDenoiser.from_config(skip.config)
+    rebuilt.load_state_dict(skip.state_dict())
+    assert skip.config["condition_skip"] is True and rebuilt.condition_skip
+    t = torch.tensor([500.0, 500.0])
+    assert torch.allclose(rebuilt(x_t, t, condition), skip.unet(torch.cat([x_t, condition], 1), t) + condition)
+    # a model saved before the option existed has no key and no skip
+    old = {k: v for k, v in plain.config.items() if k != "condition_skip"}
+    assert ConditionalDenoiser.from_config(old).condition_skip is False
+
+
+def test_condition_skip_is_refused_for_objectives_that_do_not_predict_x0():
+    from types import SimpleNamespace
+
+    from LatentSRLib.training.sr import make_denoiser
+
+    setup = SimpleNamespace(latent_channels=4)
+    assert make_denoiser("tiny", setup, condition_skip=True, objective={"kind": "ddpm", "prediction": "x0"}).condition_skip
+    for objective in ({"kind": "ddpm", "prediction": "epsilon"}, {"kind": "ddpm", "prediction": "v"},
+                      {"kind": "rectified_flow"}):
+        with pytest.raises(ValueError, match="x0"):
+            make_denoiser("tiny", setup, condition_skip=True, objective=objective)
