@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from LatentSRLib.inference.real_scans import load_real_scans, summarise
 from LatentSRLib.io.atomic import atomic_path
 
@@ -197,11 +199,67 @@ def readme_demo_table(models: Path) -> str:
     return "\n".join(lines)
 
 
+def _parameters(folder: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "denoiser.safetensors"), "pt") as weights:
+        return sum(int(np.prod(weights.get_slice(key).get_shape())) for key in weights.keys())
+
+
+def _held_out(folder: Path, card: dict[str, Any]) -> str:
+    """The card's held-out headline: the real-scan results when saved, else the card's recorded run."""
+    if (folder / "results" / "real_scans.json").is_file():
+        results = load_real_scans(folder / "results" / "real_scans.json")
+        fidelity = summarise(results, "dc")
+        detail = summarise(results, "no_dc") if all("no_dc" in e["runs"] for e in results["scans"].values()) else None
+        first = next(iter(results["scans"].values()))
+        return (f"real {results['settings']['scale']}x scans ({', '.join(results['scans'])}; {fidelity['n']} slices, "
+                f"{first['lr_spacing'][0]:g} mm to {first['lr_spacing'][0] / results['settings']['scale']:g} mm): "
+                f"{fidelity['psnr_sr']:.2f} at its defaults (bicubic {fidelity['psnr_lr']:.2f}"
+                + (f"; {detail['psnr_sr']:.2f} without data consistency)" if detail else ")"))
+    key = next((k for k in card if k.startswith("held_out")), None)
+    if key is None:
+        return "see the card"
+    held = card[key]
+    runs = {name: value for name, value in held.items() if isinstance(value, dict) and "psnr" in value} or \
+        {held.get("input", key): {"psnr": held["psnr"]}}
+    cells = []
+    for name, value in runs.items():
+        psnr = value["psnr"]
+        if "sr" not in psnr:  # one entry per contrast
+            psnr = next(iter(psnr.values()))
+        base = ("bicubic", psnr["bicubic"]) if "bicubic" in psnr else ("input", psnr.get("input"))
+        cells.append(f"{name.split(' (')[0]}: {psnr['sr']:.2f}, {psnr['sr_data_consistency']:.2f} with data "
+                     f"consistency ({base[0]} {base[1]:.2f})")
+    return "; ".join(cells)
+
+
+def models_table(models: Path) -> str:
+    """One row per shipped model: its task, network, held-out headline (from its saved results) and card."""
+    lines = ["| model | task | network | held-out result, PSNR (dB) against the true image | card |",
+             "| --- | --- | --- | --- | --- |"]
+    for folder in sorted(p for p in models.iterdir() if (p / "config.json").is_file()):
+        config = json.loads((folder / "config.json").read_text())
+        card = json.loads((folder / "card.json").read_text()) if (folder / "card.json").is_file() else {}
+        grid = config["grid"]
+        pitch = ("native pixel pitch" if grid.get("fit") == "tile" else "model grid") + \
+            f", {grid['size'][0]} x {grid['size'][1]} {'tiles' if grid.get('fit') == 'tile' else 'pixels'}"
+        autoencoder = config["autoencoder"]
+        kind = {"monai": "a MONAI autoencoder", "tiny": "a TAESD-family tiny autoencoder"}.get(
+            autoencoder["spec"].split(":")[0], f"`{autoencoder['spec']}`")
+        network = (f"`{config['denoiser']['preset']}`, {_parameters(folder) / 1e6:.2f} M parameters, in the latent space "
+                   f"of {kind} ({autoencoder['latent_channels']} channels, {autoencoder['downsampling_factor']}x)")
+        lines.append(f"| `{folder.name}` | `{config['task']['name']}`, {pitch} | {network} | {_held_out(folder, card)} | "
+                     f"[{folder.name}](../models/{folder.name}/README.md) |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path, nargs="?")
     parser.add_argument("--demo", action="store_true", help="re-run the card's demo case first")
-    parser.add_argument("--readme", action="store_true", help="rewrite the README's demo table from the cards")
+    parser.add_argument("--readme", action="store_true",
+                        help="rewrite the README's demo table and the bundle README's model table from the cards")
     args = parser.parse_args(argv)
     root = Path(__file__).resolve().parents[2]
     if args.readme:
@@ -209,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         with atomic_path(readme) as tmp:
             tmp.write_text(replace_block(readme.read_text(), "demo-table", readme_demo_table(root / "Training" / "models")))
         print(f"wrote {readme}")
+        bundle_readme = root / "Training" / "docs" / "README.md"
+        with atomic_path(bundle_readme) as tmp:
+            tmp.write_text(replace_block(bundle_readme.read_text(), "models-table", models_table(root / "Training" / "models")))
+        print(f"wrote {bundle_readme}")
     if args.model is None:
         return 0
     folder = args.model
