@@ -254,31 +254,10 @@ def models_table(models: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", type=Path, nargs="?")
-    parser.add_argument("--demo", action="store_true", help="re-run the card's demo case first")
-    parser.add_argument("--readme", action="store_true",
-                        help="rewrite the README's demo table and the bundle README's model table from the cards")
-    args = parser.parse_args(argv)
-    root = Path(__file__).resolve().parents[2]
-    if args.readme:
-        readme = root / "README.md"
-        with atomic_path(readme) as tmp:
-            tmp.write_text(replace_block(readme.read_text(), "demo-table", readme_demo_table(root / "Training" / "models")))
-        print(f"wrote {readme}")
-        bundle_readme = root / "Training" / "docs" / "README.md"
-        with atomic_path(bundle_readme) as tmp:
-            tmp.write_text(replace_block(bundle_readme.read_text(), "models-table", models_table(root / "Training" / "models")))
-        print(f"wrote {bundle_readme}")
-    if args.model is None:
-        return 0
-    folder = args.model
+def card_text(folder: Path) -> str:
+    """The model card ``folder/README.md`` with every generated block rewritten from the saved results."""
     card = json.loads((folder / "card.json").read_text())
-    if args.demo:
-        measure_demo(folder, card)
-    readme = folder / "README.md"
-    text = readme.read_text()
+    text = (folder / "README.md").read_text()
     if (folder / "results" / "validation.csv").is_file():
         text = replace_block(text, "validation", validation_block(folder / "results" / "validation.csv"))
     if (folder / "results" / "real_scans.json").is_file():
@@ -292,9 +271,38 @@ def main(argv: list[str] | None = None) -> int:
         text = replace_block(text, "calibration", calibration_block(json.loads(assessment.read_text())))
     if "<!-- generated: demo -->" in text:
         text = replace_block(text, "demo", demo_block(card))
-    with atomic_path(readme) as tmp:
+    return text
+
+
+def readme_texts(root: Path) -> dict[Path, str]:
+    """The README's demo table and the bundle README's model table, rewritten from the cards."""
+    models = root / "Training" / "models"
+    readme, bundle_readme = root / "README.md", root / "Training" / "docs" / "README.md"
+    return {readme: replace_block(readme.read_text(), "demo-table", readme_demo_table(models)),
+            bundle_readme: replace_block(bundle_readme.read_text(), "models-table", models_table(models))}
+
+
+def _write(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
         tmp.write_text(text)
-    print(f"wrote {readme}")
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", type=Path, nargs="?")
+    parser.add_argument("--demo", action="store_true", help="re-run the card's demo case first")
+    parser.add_argument("--readme", action="store_true",
+                        help="rewrite the README's demo table and the bundle README's model table from the cards")
+    args = parser.parse_args(argv)
+    if args.readme:
+        for path, text in readme_texts(Path(__file__).resolve().parents[2]).items():
+            _write(path, text)
+    if args.model is None:
+        return 0
+    if args.demo:
+        measure_demo(args.model, json.loads((args.model / "card.json").read_text()))
+    _write(args.model / "README.md", card_text(args.model))
     return 0
 
 

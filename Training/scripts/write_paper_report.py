@@ -39,19 +39,25 @@ def store(evaluation: Path, generic: str, adapted: str, results: Path) -> None:
                                                      "evaluation": str(evaluation)}, indent=2) + "\n")
 
 
-def write_report(results: Path, report: Path) -> Path:
+def report_text(results: Path, report: Path) -> tuple[str, dict]:
+    """The report's Markdown and its numbers, computed from the rows saved in ``results``."""
     chosen = json.loads((results / "claims.json").read_text())
     summary = json.loads((results / "summary.json").read_text())
     claims = latent_space_claims(read_rows(results / "per_image.csv"), chosen["generic"], chosen["adapted"],
                                  n_resamples=summary.get("tables", {}).get("n_resamples", 10_000),
                                  seed=summary.get("tables", {}).get("seed", 0))
-    with atomic_path(results / "claims_numbers.json") as tmp:
-        tmp.write_text(json.dumps(claims, indent=2) + "\n")
     figures = {caption: str((results / name).relative_to(report.parent))
                for name, caption in FIGURES.items() if (results / name).is_file()}
     source = f"`{results.relative_to(ROOT)}`" if results.is_relative_to(ROOT) else str(results)
+    return claims_markdown(claims, summary, source=source, figures=figures), claims
+
+
+def write_report(results: Path, report: Path) -> Path:
+    text, claims = report_text(results, report)
+    with atomic_path(results / "claims_numbers.json") as tmp:
+        tmp.write_text(json.dumps(claims, indent=2) + "\n")
     with atomic_path(report) as tmp:
-        tmp.write_text(claims_markdown(claims, summary, source=source, figures=figures))
+        tmp.write_text(text)
     return report
 
 
