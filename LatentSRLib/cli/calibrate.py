@@ -12,7 +12,7 @@ from LatentSRLib.cli.options import fraction, non_negative_int, positive_int, pr
 #: folder is checked before torch is imported (a test keeps the two equal)
 ASSESSMENT_FILE = "calibration_assessment.json"
 #: the defaults when calibrating (with --assess, None means "as recorded in calibration.json")
-CALIBRATE_DEFAULTS = {"split": "val", "alpha": 0.1, "delta": 0.1, "samples": 2, "seed": 0, "data_consistency": True}
+CALIBRATE_DEFAULTS = {"split": "val", "alpha": 0.1, "delta": 0.1, "samples": 1, "seed": 0, "data_consistency": True}
 
 
 def register(subparsers) -> None:
@@ -42,7 +42,7 @@ def register(subparsers) -> None:
     parser.add_argument("--delta", type=fraction, default=None,
                         help="the statement holds with probability at least 1 - delta (default 0.1)")
     parser.add_argument("--samples", type=positive_int, default=None, metavar="K",
-                        help="samples per slice; run latentsr sr with the same K (default 2; with --assess: the "
+                        help="samples per slice; run latentsr sr with the same K (default 1, as latentsr sr; with --assess: the "
                         "calibration's)")
     parser.add_argument("--steps", type=positive_int, default=None,
                         help="sampling steps (default: the model's; with --assess: the calibration's)")
@@ -128,7 +128,7 @@ def _assess(args: argparse.Namespace, dataset) -> int:
     from pathlib import Path
 
     from LatentSRLib.errors import InputError
-    from LatentSRLib.io.atomic import check_output_folder
+    from LatentSRLib.io.atomic import check_results_folder
 
     for name in ("alpha", "delta"):
         if getattr(args, name) is not None:
@@ -140,8 +140,8 @@ def _assess(args: argparse.Namespace, dataset) -> int:
     if args.assess == reference:
         raise InputError(f"--assess {args.assess}: that is the split lam is fitted on; assess the calibration on "
                          "slices it was not fitted on (e.g. --assess test)")
-    check_output_folder(args.output, [args.model, dataset], is_ours=lambda folder: (folder / ASSESSMENT_FILE).is_file(),
-                        what="calibration assessment")
+    check_results_folder(args.output, args.model, [dataset], is_ours=lambda folder: (folder / ASSESSMENT_FILE).is_file(),
+                         what="calibration assessment")
 
     from LatentSRLib.evaluation.calibration_assessment import REPORT_FILE, assess_calibration
 

@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     parser.add_argument("--tile", type=positive_int, default=None, metavar="PIXELS",
                         help="side of the sliding window's tiles (default: the model's training tile); larger tiles "
                         "are faster on a CPU at a small fidelity cost (e.g. 256 for a 240 x 240 slice)")
+    parser.add_argument("--overlap", type=float, default=None, metavar="FRACTION",
+                        help="overlap of neighbouring tiles, a fraction of the tile in [0, 1) (default: the model's); "
+                        "a smaller one can cover a slice with fewer tiles")
     parser.add_argument("--sample-background", action="store_true",
                         help="also sample tiles with no pixel above the model's background level (by default they "
                         "keep the up-sampled input: the model never trained on such tiles, and they cost nothing)")
@@ -87,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = SRSettings(steps=args.steps, sampler=args.sampler, samples=args.samples, seed=args.seed,
                               batch_size=args.batch_size, data_consistency=args.data_consistency,
-                              skip_background=not args.sample_background, tile=args.tile)
+                              skip_background=not args.sample_background, tile=args.tile,
+                              overlap=args.overlap)
     except ValueError as exc:
         raise InputError(str(exc)) from None
 

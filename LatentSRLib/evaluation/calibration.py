@@ -142,7 +142,7 @@ def calibrate_maps(maps: CalibrationMaps, *, alpha: float = 0.1, delta: float = 
 
 
 def calibrate_model(model_folder: str | os.PathLike, dataset_dir: str | os.PathLike, *, split: str = "val",
-                    alpha: float = 0.1, delta: float = 0.1, samples: int = 2, steps: int | None = None,
+                    alpha: float = 0.1, delta: float = 0.1, samples: int = 1, steps: int | None = None,
                     device: str = "auto", limit: int | None = None, seed: int = 0, data_consistency: bool = False,
                     floor: float = DEFAULT_FLOOR, progress: ProgressCallback | None = None) -> Calibration:
     """Calibrate ``model_folder``'s intervals on ``split`` of ``dataset_dir`` and write its ``calibration.json``.

@@ -47,7 +47,7 @@ import torch
 from LatentSRLib.data.dataset import SPLITS, PreparedDataset
 from LatentSRLib.errors import InputError
 from LatentSRLib.evaluation.calibration import CalibrationMaps, calibration_maps, check_pairing
-from LatentSRLib.io.atomic import atomic_directory, check_output_folder
+from LatentSRLib.io.atomic import atomic_directory, check_results_folder
 from LatentSRLib.metrics.calibration import (
     RELIABILITY_LEVELS,
     Calibration,
@@ -265,8 +265,8 @@ def assess_calibration(model_folder: str | os.PathLike, dataset_dir: str | os.Pa
     if split == calibration_split:
         raise InputError(f"the {split} split is the calibration split: assess the calibration on slices it was not "
                          f"fitted on (another split, e.g. test)", dataset_dir)
-    check_output_folder(outdir, [model_folder, dataset_dir], is_ours=lambda folder: (folder / ASSESSMENT_FILE).is_file(),
-                        what="calibration assessment")
+    check_results_folder(outdir, model_folder, [dataset_dir], is_ours=lambda folder: (folder / ASSESSMENT_FILE).is_file(),
+                         what="calibration assessment")
     dataset = PreparedDataset(dataset_dir)
     calibration_limit = calibration.extra.get("limit") if calibration_split == calibration.split else None
     for name, at_most in ((split, limit), (calibration_split, calibration_limit)):

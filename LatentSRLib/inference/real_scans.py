@@ -56,8 +56,8 @@ def slab_of(image: MedicalImage, plane: str, indices: Sequence[int]) -> MedicalI
 
 def _crop_to_multiple(image: MedicalImage, plane: str, scale: int) -> MedicalImage:
     """``image`` cropped in-plane (at the far edges) to a multiple of ``scale`` pixels, so that the fine
-    grid of its coarse scan is its own grid."""
-    slice_axis = image.array_axis_for_plane(plane)
+    grid of its coarse scan is its own grid (a 2D image: both axes)."""
+    slice_axis = image.array_axis_for_plane(plane) if image.ndim == 3 else None
     index = tuple(slice(None) if a == slice_axis else slice(0, n - n % scale) for a, n in enumerate(image.array.shape))
     if all(s == slice(None) or s.stop == n for s, n in zip(index, image.array.shape)):
         return image
@@ -67,7 +67,7 @@ def _crop_to_multiple(image: MedicalImage, plane: str, scale: int) -> MedicalIma
 
 def evaluate_real_scans(
     model: str | os.PathLike,
-    scans: Mapping[str, str | os.PathLike],
+    scans: Mapping[str, str | os.PathLike | MedicalImage],
     *,
     plane: str = "axial",
     every: int = 1,
@@ -79,14 +79,18 @@ def evaluate_real_scans(
     seed: int = 0,
     device: str = "auto",
     lpips: bool = True,
+    tile: int | None = None,
+    overlap: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Super-resolve the real low-resolution scan of each true volume in ``scans`` (name -> file) and
-    score it, per slice, against the truth and against bicubic.
+    """Super-resolve the real low-resolution scan of each true volume in ``scans`` (name -> file, or an
+    image already read, e.g. resampled) and score it, per slice, against the truth and against bicubic.
 
     Slices ``first, first + every, ... <= last`` of ``plane`` are used (``last`` None: the last one);
-    slices without anatomy (maximum below 5% of the window) are not scored, as in the engine's review.
-    ``data_consistency``: the operating points to run. Returns the results dictionary (JSON-ready):
+    a 2D image (a radiograph) is its own one slice (``plane``, ``every``, ``first``, ``last`` unused). Slices
+    without anatomy (maximum below 5% of the window) are not scored, as in the engine's review.
+    ``data_consistency``: the operating points to run; ``tile`` and ``overlap``: the sliding window's
+    (None: the model's defaults, :class:`~LatentSRLib.inference.engine.SRSettings`). Returns the results dictionary (JSON-ready):
     ``{"format", "model", "settings", "lpips", "scans": {name: {"hr", "lr_shape", "lr_spacing",
     "runs": {"dc" | "no_dc": {volume metrics, "seconds", "per_slice": [{slice, psnr_sr, psnr_lr,
     ssim_sr, ssim_lr[, lpips_sr, lpips_lr]}]}}}}}``, slice numbers in the original volume.
@@ -114,23 +118,29 @@ def evaluate_real_scans(
     results: dict[str, Any] = {
         "format": RESULTS_FORMAT, "version": 1, "model": str(model),
         "settings": {"plane": plane, "every": every, "first": first, "last": last, "steps": steps, "samples": samples,
-                     "seed": seed, "scale": scale, "measurement": "simulate_coarse_scan (latentsr degrade --coarse-grid)"},
+                     "seed": seed, "scale": scale, "tile": tile, "overlap": overlap, "measurement": "simulate_coarse_scan (latentsr degrade --coarse-grid)"},
         "lpips": None if metric is None else {"name": metric.name, "label": metric.label},
         "scans": {},
     }
     for name, path in scans.items():
-        hr_full = read_image(path)
-        n = hr_full.array.shape[hr_full.array_axis_for_plane(plane)]
-        stop = n - 1 if last is None else min(last, n - 1)
-        indices = list(range(first, stop + 1, every))
-        hr = _crop_to_multiple(slab_of(hr_full, plane, indices), plane, scale)
+        hr_full = path if isinstance(path, MedicalImage) else read_image(path)
+        path = hr_full.path if isinstance(path, MedicalImage) else path
+        if hr_full.ndim == 2:
+            indices = [0]
+            hr = _crop_to_multiple(hr_full, plane, scale)
+        else:
+            n = hr_full.array.shape[hr_full.array_axis_for_plane(plane)]
+            stop = n - 1 if last is None else min(last, n - 1)
+            indices = list(range(first, stop + 1, every))
+            hr = _crop_to_multiple(slab_of(hr_full, plane, indices), plane, scale)
         lr = simulate_coarse_scan(hr, scale, plane=plane)
         entry: dict[str, Any] = {"hr": str(path), "slices": indices, "lr_shape": list(lr.shape),
                                  "lr_spacing": [float(v) for v in lr.spacing], "runs": {}}
         for dc in data_consistency:
             if progress:
                 progress(f"{name}: {len(indices)} slices, data consistency {'on' if dc else 'off'}")
-            settings = SRSettings(steps=steps, samples=samples, seed=seed, data_consistency=bool(dc))
+            settings = SRSettings(steps=steps, samples=samples, seed=seed, data_consistency=bool(dc), tile=tile,
+                                  overlap=overlap)
             result = super_resolve_volume(sr_model, lr, plane=plane, settings=settings, reference=hr, device=device)
             review = dict(result.metrics["reference"])
             rows = review.pop("per_slice")
@@ -151,6 +161,7 @@ def evaluate_real_scans(
             review.pop("reference", None)
             entry["runs"]["dc" if dc else "no_dc"] = {**review, "window": result.metrics["window"],
                                                      "seconds": result.metrics["seconds"],
+                                                     "tiling": result.metrics.get("tiling"),
                                                      "background_tiles_skipped": result.metrics["background_tiles_skipped"],
                                                      "per_slice": rows}
         results["scans"][name] = entry

@@ -76,6 +76,21 @@ def check_output_folder(outdir: str | os.PathLike, inputs: Iterable[str | os.Pat
     return out
 
 
+def check_results_folder(outdir: str | os.PathLike, owner: str | os.PathLike,
+                         inputs: Iterable[str | os.PathLike | None] = (), *, is_ours: Callable[[Path], bool],
+                         what: str, under: str = "results") -> Path:
+    """:func:`check_output_folder` for a report about ``owner`` (a model folder the command reads), which
+    may lie inside it under ``owner/under`` (``MODEL/results/...``, where its card is generated from) and
+    nowhere else in it: the owner's own files are never replaced. ``inputs``: the other inputs."""
+    out, owner = Path(outdir), Path(owner)
+    refuse_overwriting_inputs(out, [owner])
+    with contextlib.suppress(ValueError, OSError):
+        inside = out.resolve().relative_to(owner.resolve())
+        if len(inside.parts) < 2 or inside.parts[0] != under:
+            raise OutputError(f"inside {owner} a {what} belongs under {owner / under}", out)
+    return check_output_folder(out, inputs, is_ours=is_ours, what=what)
+
+
 def check_writable(target: str | os.PathLike) -> None:
     """Refuse an output whose folder cannot be written (read-only, a file in the way, no permission).
 

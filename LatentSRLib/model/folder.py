@@ -14,7 +14,9 @@ A model folder holds::
 ``config.json``: ``{"format": "latentsr.sr_model", "version": 1, "denoiser": {preset, latent_channels,
 network}, "objective": {kind, ...}, "autoencoder": {spec, name, weights_sha256, latent_channels,
 downsampling_factor}, "task": {name, mode, scale, ...}, "grid": {size, fit, percentiles, lr_grid},
-"sampling": {sampler, steps}, "data": {...}, "training": {...}}``.
+"sampling": {sampler, steps[, overlap]}, "data": {...}, "training": {...}}``. ``sampling`` holds the
+defaults ``latentsr sr`` uses when the user gives none (the steps and the sliding window's tile overlap
+chosen from the model's own measurements; see its card).
 
 :class:`SRModel` holds the loaded pieces; :func:`LatentSRLib.model.sampling.sample_sr` is the one
 path that turns LR slices into SR samples with them.

@@ -204,8 +204,18 @@ def test_cli_assess_writes_the_report_and_refuses_in_one_line(calibrated, tmp_pa
     out = capsys.readouterr().out
     assert "# Calibration assessment" in out and f"wrote {tmp_path / 'report'}" in out
     assert json.loads((tmp_path / "report" / ASSESSMENT_FILE).read_text())["images"] == 4
+    # the card's place for it: MODEL/results/...; elsewhere inside the model folder is refused
+    inside = model_folder / "results" / "calibration_assessment"
+    assert main(["calibrate", str(model_folder), "--dataset", str(dataset_dir), "--assess", "test",
+                 "-o", str(inside), "--limit", "2", "--device", "cpu"]) == 0
+    assert json.loads((inside / ASSESSMENT_FILE).read_text())["images"] == 2
+    capsys.readouterr()
+    model_files = sorted(p.name for p in model_folder.iterdir())
     base = ["calibrate", str(model_folder), "--dataset", str(dataset_dir)]
-    for argv, says in ((["--assess", "val", "-o", str(tmp_path / "r")], "--assess val: that is the split lam is fitted on"),
+    for argv, says in ((["--assess", "test", "-o", str(model_folder / "report")], "belongs under"),
+                       (["--assess", "test", "-o", str(model_folder)], "input"),
+                       (["--assess", "test", "-o", str(model_folder / "results")], "belongs under"),
+                       (["--assess", "val", "-o", str(tmp_path / "r")], "--assess val: that is the split lam is fitted on"),
                        (["--assess", "train", "--split", "train", "-o", str(tmp_path / "r")], "--assess train"),
                        (["--assess", "test"], "--assess needs -o/--output"),
                        (["-o", str(tmp_path / "r")], "-o/--output is for --assess"),
@@ -213,6 +223,7 @@ def test_cli_assess_writes_the_report_and_refuses_in_one_line(calibrated, tmp_pa
         assert main(base + argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
+    assert sorted(p.name for p in model_folder.iterdir()) == model_files
     assert not (tmp_path / "r").exists()
 
 

@@ -114,6 +114,18 @@ def test_a_larger_tile_runs_fewer_windows_and_gives_the_same_image(tile_model_fo
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
     with pytest.raises(InputError, match="multiple of 16"):
         super_resolve_volume(model, image, same_grid=True, device="cpu", settings=SRSettings(tile=40))
+    # a smaller overlap covers the image with fewer windows: ceil((n - tile) / stride) + 1 per axis
+    for overlap in (0.5, 0.0):
+        encoded.clear()
+        result = super_resolve_volume(model, image, same_grid=True, device="cpu",
+                                      settings=SRSettings(overlap=overlap, skip_background=False))
+        stride = int(32 * (1 - overlap))
+        expected = int(np.prod([np.ceil((n - 32) / stride) + 1 for n in image.shape]))
+        assert sum(encoded) == expected and result.metrics["settings"]["overlap"] == overlap
+        assert np.corrcoef(result.sr.array.ravel().astype(float), a.ravel())[0, 1] > 0.99
+    assert results[None].windows == int(np.prod([np.ceil((n - 32) / 24) + 1 for n in image.shape]))  # the model's 0.25
+    with pytest.raises(ValueError, match="overlap"):
+        SRSettings(overlap=1.0)
 
 
 def test_tile_noise_is_per_tile_so_batching_does_not_matter(tile_model_folder, monkeypatch):

@@ -2,11 +2,12 @@
 
     python Training/scripts/measure_model.py Training/models/brain-sr4 \
         --scan t1n=../shared/data/brain/BraTS-GLI-00001-000-t1n.nii.gz ... [--every 8 --first 10 --last 145] \
-        [--steps-curve 1,2,4,8,16,32,50 --curve-scan t2f]
+        [--steps-curve 1,2,4,8,16,32,50 --curve-scan t2f] [--tiling-curve 128:0.25,128:0.125,256:0.25]
 
 Writes ``MODEL/results/real_scans.json`` (every scan, data consistency on and off, the model's default
 steps) and, with ``--steps-curve``, ``MODEL/results/steps.json`` (one scan, both operating points, each
-step count): per-slice PSNR, SSIM and LPIPS of the SR and of bicubic up-sampling of the same real
+step count), and with ``--tiling-curve`` ``MODEL/results/tiling.json`` (every scan, both operating points,
+each sliding-window tile:overlap, the tile empty for the model's own): per-slice PSNR, SSIM and LPIPS of the SR and of bicubic up-sampling of the same real
 low-resolution scan (:mod:`LatentSRLib.inference.real_scans`). ``write_card.py`` turns them into the
 model card's tables. Hours of CPU for a whole test split; minutes on a GPU.
 """
@@ -30,6 +31,19 @@ def _save(results: dict, path: Path) -> None:
     print(f"wrote {path}", flush=True)
 
 
+def _resampled(path: str, pixels: int):
+    """The image at ``path``; a 2D one larger than ``pixels`` resampled as the demo does (anti-aliased)."""
+    from LatentSRLib.demo.run import at_model_resolution
+    from LatentSRLib.io import read_image
+
+    image = read_image(path)
+    if image.ndim != 2 or max(image.shape) <= pixels:
+        return path
+    resampled = at_model_resolution(image, "axial", pixels)
+    resampled.path = f"{path} (resampled to {resampled.shape[1]} x {resampled.shape[0]} px)"
+    return resampled
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path)
@@ -42,9 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps-curve", default=None, metavar="N,N,...")
     parser.add_argument("--curve-scan", default=None, help="the scan of the steps curve (default: the first)")
-    parser.add_argument("--skip-main", action="store_true", help="only the steps curve")
+    parser.add_argument("--tiling-curve", default=None, metavar="TILE:OVERLAP,...",
+                        help="sliding-window variants to compare on every scan (TILE empty: the model's tile)")
+    parser.add_argument("--skip-main", action="store_true", help="only the curves")
+    parser.add_argument("--resample", type=int, default=None, metavar="PIXELS",
+                        help="2D images larger than this are first resampled so their longer side spans it "
+                             "(a radiograph model trained at 1024 px: the demo's rule)")
     args = parser.parse_args(argv)
     scans = dict(item.split("=", 1) for item in args.scan)
+    if args.resample:
+        scans = {name: _resampled(path, args.resample) for name, path in scans.items()}
     common = {"every": args.every, "first": args.first, "last": args.last, "samples": args.samples, "device": args.device,
               "progress": lambda message: print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)}
     if not args.skip_main:
@@ -55,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         for steps in [int(v) for v in args.steps_curve.split(",")]:
             curve["runs"][str(steps)] = evaluate_real_scans(args.model, {name: scans[name]}, steps=steps, **common)
         _save(curve, args.model / "results" / "steps.json")
+    if args.tiling_curve:
+        curve = {"format": "latentsr.tiling_curve", "version": 1, "runs": {}}
+        for variant in args.tiling_curve.split(","):
+            tile, overlap = variant.split(":")
+            curve["runs"][variant] = evaluate_real_scans(args.model, scans, steps=args.steps, tile=int(tile) if tile else None,
+                                                        overlap=float(overlap), **common)
+        _save(curve, args.model / "results" / "tiling.json")
     return 0
 
 
