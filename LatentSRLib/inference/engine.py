@@ -57,7 +57,7 @@ from LatentSRLib.transforms.slicing import ModelGrid, SliceLayout, tile_windows
 from LatentSRLib.data.slice_source import SliceSelection
 from LatentSRLib.model.devices import autocast_for, default_batch_size, resolve_device, run_in_batches
 
-__all__ = ["Cancelled", "SRSettings", "VolumeResult", "pixel_size_warnings", "refines_grid", "simulate_measurement",
+__all__ = ["Cancelled", "SRSettings", "anatomy_windows", "VolumeResult", "pixel_size_warnings", "refines_grid", "simulate_measurement",
            "super_resolve_volume"]
 
 ProgressCallback = Callable[[float, str], None]
@@ -93,6 +93,12 @@ class SRSettings:
             background level is not sampled; the output keeps the up-sampled input there. It is the
             rule that kept such images out of training (no foreground), so the model has never learnt
             anything for them; empty slices and the corners of a head scan cost nothing.
+        anatomy_window: with ``skip_background``, sample each slice as one window around its anatomy
+            (the pixels above the background level, plus :data:`ANATOMY_MARGIN` pixels) instead of the
+            sliding window's tiles, where that window fits in twice the tile per side; the output keeps
+            the up-sampled input outside it, as for background tiles. A head in a 240 x 240 slice is then
+            one window of about 200 x 170 instead of nine 128 x 128 tiles. None: the model's recorded
+            ``sampling.anatomy_window`` (off when it records none).
     """
 
     steps: int | None = None
@@ -105,6 +111,7 @@ class SRSettings:
     skip_background: bool = True
     tile: int | None = None
     overlap: float | None = None
+    anatomy_window: bool | None = None
 
     def __post_init__(self) -> None:
         self.sampling  # validates steps and samples  # noqa: B018
@@ -177,13 +184,19 @@ def _mean_std(model: SRModel, lr: torch.Tensor, keys: list[int], settings: SRSet
     return mean, std
 
 
+def window_multiple(model: SRModel) -> int:
+    """Pixels a window's side must be a multiple of: whole latent pixels that the denoiser's levels can
+    halve down to its coarsest one."""
+    levels = len(model.config.get("denoiser", {}).get("network", {}).get("channels", (0,)))
+    return model.autoencoder.downsampling_factor * 2 ** max(levels - 1, 0)
+
+
 def tile_size(model: SRModel, settings: SRSettings) -> tuple[int, int]:
     """The sliding window's tile: ``settings.tile`` (square) or the model's training tile. A tile must
     hold whole latent pixels that the denoiser's levels can halve down to its coarsest one."""
     if settings.tile is None:
         return tuple(int(v) for v in model.config.get("grid", {}).get("size", (256, 256)))
-    levels = len(model.config.get("denoiser", {}).get("network", {}).get("channels", (0,)))
-    step = model.autoencoder.downsampling_factor * 2 ** max(levels - 1, 0)
+    step = window_multiple(model)
     if settings.tile % step:
         raise InputError(f"a tile of {settings.tile} pixels does not fit this model: use a multiple of {step} "
                          f"(e.g. {max(step, round(settings.tile / step) * step)})")
@@ -202,6 +215,52 @@ def tile_overlap_of(model: SRModel, settings: SRSettings) -> float:
         return float(settings.overlap)
     recorded = model.config.get("sampling", {}).get("overlap")
     return DEFAULT_TILE_OVERLAP if recorded is None else float(recorded)
+
+
+#: pixels kept around the anatomy by an anatomy window (6 latent pixels of a 4x autoencoder; 16 cost
+#: brain-sr4 0.07-0.1 dB more than 24 on real BraTS scans, README "Speed")
+ANATOMY_MARGIN = 24
+
+
+def anatomy_window_of(model: SRModel, settings: SRSettings) -> bool:
+    """Whether slices are sampled as one window around their anatomy (:class:`SRSettings`)."""
+    if not settings.skip_background:
+        return False
+    if settings.anatomy_window is not None:
+        return bool(settings.anatomy_window)
+    return bool(model.config.get("sampling", {}).get("anatomy_window", False))
+
+
+def anatomy_windows(slices: torch.Tensor, level: float, step: int, limit: tuple[int, int],
+                    margin: int = ANATOMY_MARGIN, align: int = 1) -> tuple[tuple[int, int], list[tuple[int, int] | None]] | None:
+    """One window size for a batch of ``(B, 1, H, W)`` slices and each slice's window position.
+
+    The window holds every pixel above ``level`` of each slice plus ``margin`` pixels, its sides rounded
+    up to a multiple of ``step`` (the model's latent levels); a slice's window is centred on its
+    anatomy, starts at a multiple of ``align`` (the autoencoder's down-sampling: the same latent grid
+    as the sliding window's tiles) and is kept inside the slice. Returns ``((h, w), [(top, left) or None for a slice without
+    anatomy])``, or None when the window would exceed ``limit`` or the slice (then tile instead).
+    """
+    height, width = slices.shape[-2:]
+    boxes = []
+    for one in slices[:, 0] > level:
+        rows, cols = torch.nonzero(one.any(1)).flatten(), torch.nonzero(one.any(0)).flatten()
+        boxes.append(None if len(rows) == 0 else (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1))
+    found = [b for b in boxes if b is not None]
+    if not found:
+        return (step, step), [None] * len(boxes)
+    size = [max(step, -(-(max(b[2 * a + 1] - b[2 * a] for b in found) + 2 * margin) // step) * step) for a in (0, 1)]
+    if size[0] > min(limit[0], height) or size[1] > min(limit[1], width):
+        return None
+    places = []
+    for box in boxes:
+        if box is None:
+            places.append(None)
+            continue
+        centre = ((box[0] + box[1]) // 2, (box[2] + box[3]) // 2)
+        places.append(tuple(int(min(max(c - n // 2, 0) // align * align, extent - n))
+                            for c, n, extent in zip(centre, size, (height, width))))
+    return (size[0], size[1]), places
 
 
 def _window_for(model: SRModel, image: MedicalImage) -> IntensityWindow:
@@ -352,7 +411,8 @@ def super_resolve_volume(
         "settings": settings.to_dict(),
         "device": str(torch_device),
         "batch_size": final_batch,
-        "tiling": {"tile": list(tile), "overlap": tile_overlap_of(model, settings)},
+        "tiling": {"tile": list(tile), "overlap": tile_overlap_of(model, settings),
+                   "anatomy_window": anatomy_window_of(model, settings)},
         "background_tiles_skipped": skipped,
         "seconds": round(seconds, 3),
         "seconds_per_slice": round(seconds / max(n, 1), 4),
@@ -408,12 +468,36 @@ def _sample_slices(model: SRModel, lr_fine: np.ndarray, settings: SRSettings, de
     consistency_slices = np.zeros_like(lr_fine)
     done_mask = np.zeros(n, dtype=bool)
     skipped = [0]  # background tiles not sampled
+    anatomy = anatomy_window_of(model, settings)
+    level = float(model.config.get("grid", {}).get("background_level", SliceSelection.background_level))
+    step = window_multiple(model)
+
+    def _anatomy_mean_std(lr_model: torch.Tensor, rows: list[int], size: tuple[int, int], places):
+        # the input outside each slice's window; inside, the window's SR (one sampler batch for all slices)
+        mean, std = lr_model.clone(), torch.zeros_like(lr_model)
+        busy = [i for i, place in enumerate(places) if place is not None]
+        skipped[0] += len(places) - len(busy)
+        if busy:
+            crops = torch.stack([lr_model[i, :, places[i][0] : places[i][0] + size[0], places[i][1] : places[i][1] + size[1]]
+                                 for i in busy])
+            keys = [_tile_key(rows[i] + key_offset, *places[i]) for i in busy]
+            sr_mean, sr_std = _mean_std(model, crops, keys, settings, skipped)
+            for j, i in enumerate(busy):
+                top, left = places[i]
+                mean[i, :, top : top + size[0], left : left + size[1]] = sr_mean[j].to(mean.dtype)
+                std[i, :, top : top + size[0], left : left + size[1]] = sr_std[j].to(std.dtype)
+        return mean, std
 
     def tiled_mean_std(lr_model: torch.Tensor, rows: list[int], tiles_per_batch: int):
         if tuple(lr_model.shape[-2:]) == tile:
             # slices of one tile: the sliding window would run that one window at (0, 0), one slice at a
             # time; the same tiles (same keys, same noise) go through the sampler as one batch instead
             return _mean_std(model, lr_model, [_tile_key(row + key_offset, 0, 0) for row in rows], settings, skipped)
+        if anatomy:
+            found = anatomy_windows(lr_model, level, step, (2 * tile[0], 2 * tile[1]),
+                                    align=model.autoencoder.downsampling_factor)
+            if found is not None:
+                return _anatomy_mean_std(lr_model, rows, *found)
         inferer = SlidingWindowInferer(tile, sw_batch_size=tiles_per_batch, overlap=tile_overlap,
                                        mode="gaussian", with_coord=True)
         stride = tuple(max(1, int(s * (1 - tile_overlap))) for s in tile)  # as MONAI steps its windows
@@ -651,7 +735,8 @@ def _through_plane(model: SRModel, image: MedicalImage, *, plane: str, settings:
         "input_grid": {"shape": list(lr.shape), "spacing": [float(v) for v in lr.spacing]},
         "output_grid": {"shape": list(out_grid.shape), "spacing": spacing},
         "refined_grid": True, "settings": settings.to_dict(), "device": str(device), "batch_size": batch_size,
-        "tiling": {"tile": list(tile), "overlap": tile_overlap_of(model, settings)},
+        "tiling": {"tile": list(tile), "overlap": tile_overlap_of(model, settings),
+                   "anatomy_window": anatomy_window_of(model, settings)},
         "background_tiles_skipped": skipped_tiles, "seconds": round(seconds, 3), "window": {"lower": window.lower, "upper": window.upper},
         "simulated": bool(simulate), "consistency_mean": float(disagreement.mean()),
         "warnings": pixel_size_warnings(model, tuple(sorted(spacing)[:2])),

@@ -3,6 +3,7 @@
     .venv/bin/python Testing/benchmarks/bench_real_scan.py [--model Training/models/brain-sr4]
         [--scan ../shared/data/brain/BraTS-GLI-00001-000-t2f.nii.gz] [--slices 8 | --slices 0 (all)]
         [--paper-steps 100] [--skip-paper] [--device auto] [--tile PIXELS] [--overlap FRACTION]
+        [--anatomy-window on|off]
 
 The true volume's central ``--slices`` axial slices are measured as a scanner would store them
 (``latentsr degrade --coarse-grid``: 4x coarser in-plane) and super-resolved back twice in this
@@ -141,6 +142,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tile", type=int, default=None, help="the defaults run's tile (default: the engine's)")
     parser.add_argument("--overlap", type=float, default=None, help="the defaults run's tile overlap (default: the engine's)")
+    parser.add_argument("--anatomy-window", choices=("on", "off"), default=None,
+                        help="the defaults run's anatomy window (default: the model's)")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -158,11 +161,12 @@ def main() -> None:
     timed, refs = {}, {}
     for samples in args.samples:
         timer = StageTimer(model, device)
-        settings = SRSettings(data_consistency=True, samples=samples, tile=args.tile, overlap=args.overlap)
+        settings = SRSettings(data_consistency=True, samples=samples, tile=args.tile, overlap=args.overlap,
+                              anatomy_window=None if args.anatomy_window is None else args.anatomy_window == "on")
         seconds, metrics = _run(model, lr, hr, settings, device, timer)
         timed[samples] = seconds
         ref = refs[samples] = metrics["reference"]
-        print(f"defaults, K = {samples} ({default_steps} steps, data consistency, background skipped: "
+        print(f"defaults, K = {samples} ({default_steps} steps, data consistency, {metrics['tiling']}, background skipped: "
               f"{metrics['background_tiles_skipped']} tiles, batch {metrics['batch_size']}): {seconds:8.1f} s, "
               f"{seconds / count:6.2f} s/slice, PSNR {ref['psnr_sr']:.2f} dB, SSIM {ref['ssim_sr']:.3f}; "
               f"peak memory so far {metrics['peak_gib']:.2f} GiB")

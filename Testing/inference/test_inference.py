@@ -191,6 +191,53 @@ def test_background_tiles_keep_the_input_and_the_others_do_not_change(tile_model
     np.testing.assert_allclose(skipping.sr.array[80:110, 70:95].astype(float), sampling.sr.array[80:110, 70:95], atol=1)
 
 
+def test_anatomy_windows_cover_the_anatomy_with_a_margin_inside_the_slice():
+    from LatentSRLib.inference.engine import ANATOMY_MARGIN, anatomy_windows
+
+    slices = torch.zeros(3, 1, 240, 240)
+    slices[0, 0, 60:150, 70:200] = 0.5  # a head: 90 x 130 pixels
+    slices[1, 0, 5:40, 200:236] = 0.5  # anatomy at a corner: its window is pushed back inside the slice
+    (height, width), places = anatomy_windows(slices, level=0.05, step=32, limit=(256, 256), align=4)
+    # one size for the batch: the largest box plus the margin on each side, rounded up to whole steps
+    assert (height, width) == (32 * -(-(90 + 2 * ANATOMY_MARGIN) // 32), 32 * -(-(130 + 2 * ANATOMY_MARGIN) // 32))
+    assert places[2] is None  # an empty slice has no window
+    for index, (top, left) in enumerate(places[:2]):
+        rows, cols = np.nonzero(slices[index, 0].numpy() > 0.05)
+        assert 0 <= top and top + height <= 240 and 0 <= left and left + width <= 240
+        assert top % 4 == 0 and left % 4 == 0  # on the latent grid of the sliding window's tiles
+        assert top <= rows.min() and rows.max() < top + height and left <= cols.min() and cols.max() < left + width
+    assert places[0][0] <= 60 - ANATOMY_MARGIN and places[0][0] + height >= 150 + ANATOMY_MARGIN
+    # a box larger than the limit (or the slice) is left to the sliding window
+    assert anatomy_windows(slices, level=0.05, step=32, limit=(128, 128)) is None
+
+
+def test_an_anatomy_window_samples_once_per_slice_and_keeps_the_input_outside(tile_model_folder, monkeypatch):
+    model = load_sr_model(tile_model_folder)  # 32 x 32 tiles, windows a multiple of 16
+    install_pooling_model(model, monkeypatch)
+    encode, encoded = model.autoencoder.encode, []
+    monkeypatch.setattr(model.autoencoder, "encode", lambda x, **kw: encoded.append(tuple(x.shape)) or encode(x, **kw))
+    array = np.zeros((4, 96, 80), dtype=np.float32)
+    array[:3, 40:52, 30:38] = 300  # anatomy in three slices, the fourth empty
+    array[:3, 44:48, 32:36] = 3000
+    image = MedicalImage(array, (0.5, 0.5, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    windowed = super_resolve_volume(model, image, same_grid=True, device="cpu",
+                                    settings=SRSettings(anatomy_window=True, batch_size=4))
+    tiled = super_resolve_volume(model, image, same_grid=True, device="cpu", settings=SRSettings(batch_size=4))
+    assert encoded[0] == (3, 1, 64, 64)  # one window per slice with anatomy (12 x 8 + 2 x 24, whole 16s), one call
+    assert windowed.metrics["tiling"]["anatomy_window"] is True and tiled.metrics["tiling"]["anatomy_window"] is False
+    assert windowed.metrics["background_tiles_skipped"] == 1
+    # outside the windows the input is kept exactly; inside, the echo model gives what the tiles gave
+    assert np.all(windowed.sr.array[3] == array[3]) and np.all(windowed.sr.array[:3, :5] == array[:3, :5])
+    inside = (slice(0, 3), slice(36, 56), slice(26, 42))  # the anatomy and a few pixels around it
+    assert np.corrcoef(windowed.sr.array[inside].ravel(), tiled.sr.array[inside].ravel())[0, 1] > 0.99
+    # the setting is the model's recorded default when the caller gives none, and needs skip_background
+    model.config.setdefault("sampling", {})["anatomy_window"] = True
+    again = super_resolve_volume(model, image, same_grid=True, device="cpu", settings=SRSettings(batch_size=4))
+    np.testing.assert_array_equal(again.sr.array, windowed.sr.array)
+    assert super_resolve_volume(model, image, same_grid=True, device="cpu", settings=SRSettings(
+        batch_size=4, skip_background=False)).metrics["tiling"]["anatomy_window"] is False
+
+
 def test_consistency_is_zero_when_sr_is_the_truth(brats_flair):
     from LatentSRLib.transforms.intensity import PercentileWindow
 

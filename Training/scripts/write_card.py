@@ -26,6 +26,7 @@ import numpy as np
 
 from LatentSRLib.inference.real_scans import load_real_scans, summarise
 from LatentSRLib.io.atomic import atomic_path
+from LatentSRLib.metrics.statistics import paired_comparison
 
 RUNS = {"dc": "fidelity end (data consistency, the default)", "no_dc": "detail end (`--no-data-consistency`)"}
 
@@ -115,6 +116,39 @@ def steps_block(curve: dict[str, Any]) -> str:
     lines.append("")
     lines.append("Fewest steps within 0.1 dB of the best PSNR: " +
                  ", ".join(f"{RUNS[run].split(' (')[0]} {n}" for run, n in fewest.items()) + ".")
+    return "\n".join(lines)
+
+
+def tiling_block(curve: dict[str, Any], recorded: float | None) -> str:
+    """The sliding-window comparison (``measure_model.py --tiling-curve``): each variant's PSNR / SSIM / LPIPS at
+    both operating points over every scan, its PSNR against the first variant (paired by slice), and the
+    seconds per slice as the runs took them."""
+    lines = ["Every scan above, the same slices and protocol; PSNR (dB) / SSIM / LPIPS of the SR, the PSNR difference "
+             "from the first row (paired by slice, 95% CI), and the sliding windows per slice. Seconds per slice as the runs "
+             "took them (indicative only when the CPU was shared; `Testing/benchmarks/bench_real_scan.py` times cleanly).",
+             "", "| tile : overlap | windows per slice | " + " | ".join(RUNS.values()) + " | PSNR vs first row | seconds per slice |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    first = None
+    for variant, results in curve["runs"].items():
+        entries = list(results["scans"].values())
+        tiling = entries[0]["runs"]["dc"].get("tiling") or {}
+        tile, overlap = tiling.get("tile", [0])[0], tiling.get("overlap", 0.0)
+        stride = max(1, int(tile * (1 - overlap)))  # as MONAI steps its windows, the last one flush with the edge
+        fine = [n * results["settings"]["scale"] for n in entries[0]["lr_shape"][-2:]]
+        windows = int(np.prod([1 if tile >= n else -(-(n - tile) // stride) + 1 for n in fine]))
+        cells = [_triple(summarise(results, run), "sr") for run in RUNS]
+        psnr = np.array([row["psnr_sr"] for entry in entries for row in entry["runs"]["dc"]["per_slice"]])
+        if first is None:
+            first, difference = psnr, "(reference)"
+        else:
+            gain = paired_comparison(psnr, first, strata=[name for name, entry in results["scans"].items()
+                                                          for _ in entry["runs"]["dc"]["per_slice"]])
+            difference = f"{gain.mean_difference:+.3f} [{gain.ci_low:+.3f}, {gain.ci_high:+.3f}]"
+        seconds = np.mean([run["seconds"] / len(entry["slices"]) for entry in entries for run in entry["runs"].values()])
+        lines.append(f"| {tile} : {overlap:g} | {windows} | " + " | ".join(cells) + f" | {difference} | {seconds:.2f} |")
+    lines.append("")
+    lines.append(f"The PSNR difference is the fidelity end's. Recorded default overlap (`config.json` `sampling.overlap`): "
+                 f"{'none (the engine default, 0.25)' if recorded is None else f'{recorded:g}'}.")
     return "\n".join(lines)
 
 
@@ -266,6 +300,10 @@ def card_text(folder: Path) -> str:
         text = replace_block(text, "targets", targets_block(results))
     if (folder / "results" / "steps.json").is_file():
         text = replace_block(text, "steps", steps_block(json.loads((folder / "results" / "steps.json").read_text())))
+    if (folder / "results" / "tiling.json").is_file():
+        recorded = json.loads((folder / "config.json").read_text()).get("sampling", {}).get("overlap")
+        text = replace_block(text, "tiling", tiling_block(json.loads((folder / "results" / "tiling.json").read_text()),
+                                                          recorded))
     assessment = folder / "results" / "calibration_assessment" / "calibration_assessment.json"
     if assessment.is_file():
         text = replace_block(text, "calibration", calibration_block(json.loads(assessment.read_text())))
