@@ -42,6 +42,9 @@ def register(subparsers) -> None:
     parser.add_argument("--overlap", type=float, default=None, metavar="FRACTION",
                         help="overlap of neighbouring tiles, a fraction of the tile in [0, 1) (default: the model's); "
                         "a smaller one can cover a slice with fewer tiles")
+    parser.add_argument("--anatomy-window", action=argparse.BooleanOptionalAction, default=None,
+                        help="sample each slice as one window around its anatomy (plus a margin) instead of tiles, "
+                        "keeping the up-sampled input outside it: faster, cleaner background (default: the model's)")
     parser.add_argument("--sample-background", action="store_true",
                         help="also sample tiles with no pixel above the model's background level (by default they "
                         "keep the up-sampled input: the model never trained on such tiles, and they cost nothing)")
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         settings = SRSettings(steps=args.steps, sampler=args.sampler, samples=args.samples, seed=args.seed,
                               batch_size=args.batch_size, data_consistency=args.data_consistency,
                               skip_background=not args.sample_background, tile=args.tile,
-                              overlap=args.overlap)
+                              overlap=args.overlap, anatomy_window=args.anatomy_window)
     except ValueError as exc:
         raise InputError(str(exc)) from None
 

@@ -96,6 +96,11 @@ class DDPMObjective:
             network's own target is ``min(snr, gamma) / snr`` for epsilon, ``min(snr, gamma)`` for x0
             and ``min(snr, gamma) / (snr + 1)`` for v, with ``snr = ab_t / (1 - ab_t)``. The equivalence
             is exact for ``"l2"``; with ``"l1"`` the same weights are applied as a heuristic.
+        terminal_fraction: in [0, 1]; that share of each batch's timesteps is ``T - 1``, the step a
+            sampler starts from, and the rest uniform (0, the default: all uniform, the paper's). A model
+            sampled in one step (the x0 estimate from pure noise, given the LR latent) uses only that
+            timestep, which uniform sampling trains one time in ``T``; 1 trains nothing else (a one-step
+            regressor in the latent space).
 
     Timesteps ``t`` are integers in ``[0, T-1]`` (0 cleanest, see :mod:`.schedules`); the
     denoiser receives ``model_time(t) = t * 1000 / T``.
@@ -109,8 +114,13 @@ class DDPMObjective:
         schedule: NoiseSchedule | None = None,
         loss: str = "l1",
         min_snr_gamma: float | None = None,
+        terminal_fraction: float = 0.0,
     ) -> None:
         self.prediction = _choice(prediction, PREDICTION_TYPES, "prediction type")
+        terminal_fraction = float(terminal_fraction)
+        if not 0.0 <= terminal_fraction <= 1.0:
+            raise ValueError(f"terminal_fraction must be in [0, 1], got {terminal_fraction}")
+        self.terminal_fraction = terminal_fraction
         self.loss = _choice(loss, LOSS_TYPES, "loss")
         if schedule is None:
             schedule = NoiseSchedule()
@@ -196,7 +206,8 @@ class DDPMObjective:
         *,
         return_x0: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Scalar loss for one batch: uniform timesteps in ``[0, T-1]``, Gaussian noise, the chosen target.
+        """Scalar loss for one batch: timesteps uniform in ``[0, T-1]`` (the first ``round(terminal_fraction
+        * B)`` items at ``T - 1``), Gaussian noise, the chosen target.
 
         Args:
             denoiser: called as ``denoiser(x_t, model_time, condition)``.
@@ -208,6 +219,10 @@ class DDPMObjective:
         """
         _check_pair(x0, condition)
         t = randint(self.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
+        terminal = round(self.terminal_fraction * x0.shape[0])
+        if terminal:
+            t = t.clone()
+            t[:terminal] = self.num_train_timesteps - 1
         noise = randn(tuple(x0.shape), generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = self.add_noise(x0, noise, t)
         output = denoiser(x_t, self.model_time(t), condition)
@@ -224,12 +239,13 @@ class DDPMObjective:
             "prediction": self.prediction,
             "loss": self.loss,
             "min_snr_gamma": self.min_snr_gamma,
+            "terminal_fraction": self.terminal_fraction,
             "schedule": self.schedule.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DDPMObjective:
-        _check_keys(d, ("kind", "prediction", "loss", "min_snr_gamma", "schedule"), "DDPM objective")
+        _check_keys(d, ("kind", "prediction", "loss", "min_snr_gamma", "terminal_fraction", "schedule"), "DDPM objective")
         if d.get("kind", cls.kind) != cls.kind:
             raise ValueError(f"not a DDPM objective: kind is {d['kind']!r}")
         args = {k: v for k, v in d.items() if k != "kind"}
@@ -240,7 +256,7 @@ class DDPMObjective:
     def __repr__(self) -> str:
         return (
             f"DDPMObjective(prediction={self.prediction!r}, schedule={self.schedule!r}, loss={self.loss!r}, "
-            f"min_snr_gamma={self.min_snr_gamma!r})"
+            f"min_snr_gamma={self.min_snr_gamma!r}, terminal_fraction={self.terminal_fraction!r})"
         )
 
 

@@ -524,6 +524,34 @@ def test_min_snr_weights_are_applied_per_sample():
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
 
 
+@pytest.mark.parametrize("fraction, terminal", [(0.0, 0), (0.5, 4), (1.0, 8)])
+def test_terminal_fraction_trains_that_share_at_the_sampler_start(fraction, terminal):
+    """A one-step sampler starts at t = T - 1: terminal_fraction puts that share of each batch there,
+    the rest drawn uniformly exactly as before (same generator draws)."""
+    objective = DDPMObjective("x0", terminal_fraction=fraction)
+    seen = []
+
+    def record(x_t, model_time, condition):
+        seen.append(model_time.clone())
+        return torch.zeros_like(x_t)
+
+    x0 = torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    objective.training_loss(record, x0, x0, generator=torch.Generator().manual_seed(3))
+    uniform = torch.randint(0, 1000, (8,), generator=torch.Generator().manual_seed(3))  # the draw made inside
+    expected = uniform.clone()
+    expected[:terminal] = 999
+    torch.testing.assert_close(seen[0], objective.model_time(expected))
+    assert objective_from_dict(json.loads(json.dumps(objective.to_dict()))).terminal_fraction == fraction
+    with pytest.raises(ValueError, match=r"terminal_fraction must be in \[0, 1\]"):
+        DDPMObjective(terminal_fraction=1.5)
+
+
+def test_an_objective_saved_before_terminal_fraction_loads_with_zero():
+    saved = DDPMObjective().to_dict()
+    del saved["terminal_fraction"]
+    assert objective_from_dict(saved).terminal_fraction == 0.0
+
+
 @pytest.mark.parametrize(
     "objective",
     [DDPMObjective("v", NoiseSchedule("linear", 500, 1e-4, 3e-2), "l2", 5.0), DDPMObjective(),

@@ -85,3 +85,25 @@ def test_real_scans_score_the_coarse_scan_against_the_truth_and_bicubic(tile_mod
     (tmp_path / "bad.json").write_text("[]")
     with pytest.raises(InputError, match="not a real-scan results file"):
         load_real_scans(tmp_path / "bad.json")
+
+
+def test_a_radiograph_is_scored_as_its_one_slice(tile_model, tmp_path):
+    """A 2D image (a radiograph) is its own one slice: measured on its coarse grid, super-resolved, and
+    scored against itself and against bicubic of the measurement (recomputed with PIL)."""
+    from conftest import shared_path
+
+    radiograph = read_image(shared_path("cxr", "nih-cxr14-4.png"))
+    crop = np.ascontiguousarray(radiograph.array[400:466, 300:366])  # 66 x 66: cropped to 64 x 64 (whole 4s)
+    path = tmp_path / "crop.nii.gz"
+    write_image(MedicalImage(crop, radiograph.spacing, radiograph.origin, radiograph.direction), path)
+    results = evaluate_real_scans(tile_model, {"chest": path}, steps=1, device="cpu", data_consistency=(False,), lpips=False)
+    entry = results["scans"]["chest"]
+    assert entry["slices"] == [0] and entry["lr_shape"] == [16, 16]
+    (row,) = entry["runs"]["no_dc"]["per_slice"]
+    window = entry["runs"]["no_dc"]["window"]
+    truth = crop[:64, :64].astype(np.float32)
+    coarse = Image.fromarray(truth, "F").resize((16, 16), Image.BICUBIC)
+    bicubic = np.asarray(coarse.resize((64, 64), Image.BICUBIC))
+    scaled = [np.clip((x - window["lower"]) / (window["upper"] - window["lower"]), 0, 1) for x in (bicubic, truth)]
+    assert row["slice"] == 0 and row["psnr_lr"] == pytest.approx(_psnr(*scaled), abs=0.5)
+    assert summarise(results, "no_dc")["n"] == 1
