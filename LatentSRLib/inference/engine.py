@@ -477,12 +477,15 @@ def _sample_slices(model: SRModel, lr_fine: np.ndarray, settings: SRSettings, de
         mean, std = lr_model.clone(), torch.zeros_like(lr_model)
         busy = [i for i, place in enumerate(places) if place is not None]
         skipped[0] += len(places) - len(busy)
-        if busy:
+        # no more pixels per sampler call than the tiles' batch would hold: memory stays that of tiling
+        per_call = max(1, (len(rows) * tile[0] * tile[1]) // (size[0] * size[1]))
+        for start in range(0, len(busy), per_call):
+            chunk = busy[start : start + per_call]
             crops = torch.stack([lr_model[i, :, places[i][0] : places[i][0] + size[0], places[i][1] : places[i][1] + size[1]]
-                                 for i in busy])
-            keys = [_tile_key(rows[i] + key_offset, *places[i]) for i in busy]
+                                 for i in chunk])
+            keys = [_tile_key(rows[i] + key_offset, *places[i]) for i in chunk]
             sr_mean, sr_std = _mean_std(model, crops, keys, settings, skipped)
-            for j, i in enumerate(busy):
+            for j, i in enumerate(chunk):
                 top, left = places[i]
                 mean[i, :, top : top + size[0], left : left + size[1]] = sr_mean[j].to(mean.dtype)
                 std[i, :, top : top + size[0], left : left + size[1]] = sr_std[j].to(std.dtype)

@@ -7,7 +7,8 @@
 Writes ``MODEL/results/real_scans.json`` (every scan, data consistency on and off, the model's default
 steps) and, with ``--steps-curve``, ``MODEL/results/steps.json`` (one scan, both operating points, each
 step count), and with ``--tiling-curve`` ``MODEL/results/tiling.json`` (every scan, both operating points,
-each sliding-window tile:overlap, the tile empty for the model's own): per-slice PSNR, SSIM and LPIPS of the SR and of bicubic up-sampling of the same real
+each sliding-window tile:overlap, the tile empty for the model's own, or ``anatomy`` for the anatomy
+window): per-slice PSNR, SSIM and LPIPS of the SR and of bicubic up-sampling of the same real
 low-resolution scan (:mod:`LatentSRLib.inference.real_scans`). ``write_card.py`` turns them into the
 model card's tables. Hours of CPU for a whole test split; minutes on a GPU.
 """
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps-curve", default=None, metavar="N,N,...")
     parser.add_argument("--curve-scan", default=None, help="the scan of the steps curve (default: the first)")
     parser.add_argument("--tiling-curve", default=None, metavar="TILE:OVERLAP,...",
-                        help="sliding-window variants to compare on every scan (TILE empty: the model's tile)")
+                        help="variants to compare on every scan: TILE:OVERLAP of the sliding window (TILE empty: the model's "
+                             "tile) or anatomy (one window around each slice's anatomy)")
     parser.add_argument("--skip-main", action="store_true", help="only the curves")
     parser.add_argument("--resample", type=int, default=None, metavar="PIXELS",
                         help="2D images larger than this are first resampled so their longer side spans it "
@@ -79,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiling_curve:
         curve = {"format": "latentsr.tiling_curve", "version": 1, "runs": {}}
         for variant in args.tiling_curve.split(","):
-            tile, overlap = variant.split(":")
-            curve["runs"][variant] = evaluate_real_scans(args.model, scans, steps=args.steps, tile=int(tile) if tile else None,
-                                                        overlap=float(overlap), **common)
+            if variant == "anatomy":
+                options = {"anatomy_window": True}
+            else:
+                tile, overlap = variant.split(":")
+                options = {"tile": int(tile) if tile else None, "overlap": float(overlap), "anatomy_window": False}
+            curve["runs"][variant] = evaluate_real_scans(args.model, scans, steps=args.steps, **options, **common)
         _save(curve, args.model / "results" / "tiling.json")
     return 0
 

@@ -119,23 +119,27 @@ def steps_block(curve: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def tiling_block(curve: dict[str, Any], recorded: float | None) -> str:
-    """The sliding-window comparison (``measure_model.py --tiling-curve``): each variant's PSNR / SSIM / LPIPS at
-    both operating points over every scan, its PSNR against the first variant (paired by slice), and the
-    seconds per slice as the runs took them."""
-    lines = ["Every scan above, the same slices and protocol; PSNR (dB) / SSIM / LPIPS of the SR, the PSNR difference "
-             "from the first row (paired by slice, 95% CI), and the sliding windows per slice. Seconds per slice as the runs "
-             "took them (indicative only when the CPU was shared; `Testing/benchmarks/bench_real_scan.py` times cleanly).",
-             "", "| tile : overlap | windows per slice | " + " | ".join(RUNS.values()) + " | PSNR vs first row | seconds per slice |",
+def tiling_block(curve: dict[str, Any], sampling: dict[str, Any]) -> str:
+    """How slices are windowed (``measure_model.py --tiling-curve``): each variant's PSNR / SSIM / LPIPS at both
+    operating points over every scan, its PSNR against the first variant (paired by slice), and the seconds per
+    slice as the runs took them. ``sampling``: the model's recorded defaults (``config.json``)."""
+    lines = ["Every scan above, the same slices and protocol; PSNR (dB) / SSIM / LPIPS of the SR, the fidelity end's PSNR "
+             "difference from the first row (paired by slice, 95% CI), and the windows sampled per slice. Seconds per slice "
+             "as the runs took them (indicative only when the CPU was shared; `Testing/benchmarks/bench_real_scan.py` times "
+             "cleanly).", "", "| windows | per slice | " + " | ".join(RUNS.values()) + " | PSNR vs first row | seconds per slice |",
              "| --- | --- | --- | --- | --- | --- |"]
     first = None
     for variant, results in curve["runs"].items():
         entries = list(results["scans"].values())
         tiling = entries[0]["runs"]["dc"].get("tiling") or {}
         tile, overlap = tiling.get("tile", [0])[0], tiling.get("overlap", 0.0)
-        stride = max(1, int(tile * (1 - overlap)))  # as MONAI steps its windows, the last one flush with the edge
-        fine = [n * results["settings"]["scale"] for n in entries[0]["lr_shape"][-2:]]
-        windows = int(np.prod([1 if tile >= n else -(-(n - tile) // stride) + 1 for n in fine]))
+        if tiling.get("anatomy_window"):
+            name, windows = "one around the anatomy (`--anatomy-window`)", "1"
+        else:
+            stride = max(1, int(tile * (1 - overlap)))  # as MONAI steps its windows, the last one flush with the edge
+            fine = [n * results["settings"]["scale"] for n in entries[0]["lr_shape"][-2:]]
+            name = f"tiles of {tile}, overlap {overlap:g}"
+            windows = str(int(np.prod([1 if tile >= n else -(-(n - tile) // stride) + 1 for n in fine])))
         cells = [_triple(summarise(results, run), "sr") for run in RUNS]
         psnr = np.array([row["psnr_sr"] for entry in entries for row in entry["runs"]["dc"]["per_slice"]])
         if first is None:
@@ -145,10 +149,10 @@ def tiling_block(curve: dict[str, Any], recorded: float | None) -> str:
                                                           for _ in entry["runs"]["dc"]["per_slice"]])
             difference = f"{gain.mean_difference:+.3f} [{gain.ci_low:+.3f}, {gain.ci_high:+.3f}]"
         seconds = np.mean([run["seconds"] / len(entry["slices"]) for entry in entries for run in entry["runs"].values()])
-        lines.append(f"| {tile} : {overlap:g} | {windows} | " + " | ".join(cells) + f" | {difference} | {seconds:.2f} |")
-    lines.append("")
-    lines.append(f"The PSNR difference is the fidelity end's. Recorded default overlap (`config.json` `sampling.overlap`): "
-                 f"{'none (the engine default, 0.25)' if recorded is None else f'{recorded:g}'}.")
+        lines.append(f"| {name} | {windows} | " + " | ".join(cells) + f" | {difference} | {seconds:.2f} |")
+    recorded = [f"{key} {sampling[key]}" for key in ("anatomy_window", "overlap") if sampling.get(key) is not None]
+    lines += ["", "Recorded defaults (`config.json` `sampling`): " + (", ".join(recorded) if recorded else
+                                                                    "none (tiles, the engine's overlap 0.25)") + "."]
     return "\n".join(lines)
 
 
@@ -301,9 +305,9 @@ def card_text(folder: Path) -> str:
     if (folder / "results" / "steps.json").is_file():
         text = replace_block(text, "steps", steps_block(json.loads((folder / "results" / "steps.json").read_text())))
     if (folder / "results" / "tiling.json").is_file():
-        recorded = json.loads((folder / "config.json").read_text()).get("sampling", {}).get("overlap")
+        sampling = json.loads((folder / "config.json").read_text()).get("sampling", {})
         text = replace_block(text, "tiling", tiling_block(json.loads((folder / "results" / "tiling.json").read_text()),
-                                                          recorded))
+                                                          sampling))
     assessment = folder / "results" / "calibration_assessment" / "calibration_assessment.json"
     if assessment.is_file():
         text = replace_block(text, "calibration", calibration_block(json.loads(assessment.read_text())))
