@@ -81,16 +81,18 @@ def evaluate_real_scans(
     lpips: bool = True,
     tile: int | None = None,
     overlap: float | None = None,
+    anatomy_window: bool | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Super-resolve the real low-resolution scan of each true volume in ``scans`` (name -> file, or an
     image already read, e.g. resampled) and score it, per slice, against the truth and against bicubic.
 
     Slices ``first, first + every, ... <= last`` of ``plane`` are used (``last`` None: the last one);
-    a 2D image (a radiograph) is its own one slice (``plane``, ``every``, ``first``, ``last`` unused). Slices
-    without anatomy (maximum below 5% of the window) are not scored, as in the engine's review.
+    a 2D image (a radiograph) is its own one slice (``plane``, ``every``, ``first``, ``last`` unused).
+    Slices without anatomy (maximum below 5% of the window) are not scored, as in the engine's review.
     ``data_consistency``: the operating points to run; ``tile``, ``overlap`` and ``anatomy_window``: how
-    slices are windowed (None: the model's defaults, :class:`~LatentSRLib.inference.engine.SRSettings`). Returns the results dictionary (JSON-ready):
+    slices are windowed (None: the model's defaults, :class:`~LatentSRLib.inference.engine.SRSettings`).
+    Returns the results dictionary (JSON-ready):
     ``{"format", "model", "settings", "lpips", "scans": {name: {"hr", "lr_shape", "lr_spacing",
     "runs": {"dc" | "no_dc": {volume metrics, "seconds", "per_slice": [{slice, psnr_sr, psnr_lr,
     ssim_sr, ssim_lr[, lpips_sr, lpips_lr]}]}}}}}``, slice numbers in the original volume.
@@ -118,7 +120,8 @@ def evaluate_real_scans(
     results: dict[str, Any] = {
         "format": RESULTS_FORMAT, "version": 1, "model": str(model),
         "settings": {"plane": plane, "every": every, "first": first, "last": last, "steps": steps, "samples": samples,
-                     "seed": seed, "scale": scale, "tile": tile, "overlap": overlap, "anatomy_window": anatomy_window, "measurement": "simulate_coarse_scan (latentsr degrade --coarse-grid)"},
+                     "seed": seed, "scale": scale, "tile": tile, "overlap": overlap, "anatomy_window": anatomy_window,
+                     "measurement": "simulate_coarse_scan (latentsr degrade --coarse-grid)"},
         "lpips": None if metric is None else {"name": metric.name, "label": metric.label},
         "scans": {},
     }

@@ -183,13 +183,22 @@ class SRTrainStep:
     of the schedule is amplified ~1e4-fold (see :meth:`DDPMObjective.predict_x0_and_eps`).
     ``pixel_crop`` (latent pixels) decodes one random square of that size of the batch instead of
     the whole latent, the same for every item: decoding costs more than the denoiser on a CPU.
+    ``latent_weight`` scales the objective's own latent loss (0: the pixel loss alone). In a rich
+    latent space the two disagree: on chest radiograph tiles in TAEF2's 32-channel space the LR latent
+    itself has latent L1 0.64 to the HR latent and decodes at 36.0 dB, while a denoiser trained with
+    the latent loss reached latent L1 0.54 and decoded at 31.0 dB (it learns the HR latents' per-channel
+    texture statistics, which decode as texture in the wrong places).
     Returns ``{"loss": float}`` (and ``"pixel_loss"`` with the pixel term).
     """
 
     def __init__(self, objective: Mapping[str, Any], *, ema: nn.Module | None = None,
                  grad_clip: float | None = 1.0, autoencoder: Autoencoder | None = None,
-                 pixel_weight: float = 0.0, pixel_crop: int | None = None) -> None:
+                 pixel_weight: float = 0.0, pixel_crop: int | None = None, latent_weight: float = 1.0) -> None:
         self.objective = objective_from_dict(objective)
+        self.latent_weight = float(latent_weight)
+        if self.latent_weight < 0 or (self.latent_weight == 0 and not pixel_weight > 0):
+            raise ValueError(f"the latent loss weight must be >= 0, and 0 only with a pixel loss (got {latent_weight}, "
+                             f"pixel weight {pixel_weight})")
         self.ema = ema
         self.grad_clip = grad_clip
         self.pixel_weight = float(pixel_weight)
@@ -218,7 +227,7 @@ class SRTrainStep:
                 x0_hat, hr = self._pixel_window(x0_hat, hr)
                 self.autoencoder.to(device)
                 pixel = (self.autoencoder.decode(x0_hat.float()).float() - hr).abs().mean()
-                loss = loss + self.pixel_weight * pixel
+                loss = self.latent_weight * loss + self.pixel_weight * pixel
             else:
                 loss = self.objective.training_loss(network, x0, condition)
         if engine.amp and engine.scaler is not None:

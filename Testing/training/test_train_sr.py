@@ -123,6 +123,17 @@ def test_pixel_loss_trains_through_the_frozen_decoder(workspace, tmp_path):
         decoded = setup.autoencoder.decode(x0_hat[..., top:top + 8, left:left + 8].float())
         pixel = (decoded - batch["hr"][..., 4 * top:4 * top + 32, 4 * left:4 * left + 32]).abs().mean()
     assert decoded.shape[-2:] == (32, 32) and out["pixel_loss"] == pytest.approx(float(pixel), rel=1e-5)
+    # latent_weight scales the objective's latent loss; 0 leaves the pixel loss alone (and needs one)
+    weighted = SRTrainStep(objective, autoencoder=setup.autoencoder, pixel_weight=2.0, latent_weight=0.0)
+    torch.manual_seed(7)
+    out = weighted(engine, batch)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        _, x0_hat = step.objective.training_loss(network, batch["hr_latent"], batch["lr_latent"], return_x0=True)
+        pixel = (setup.autoencoder.decode(x0_hat.float()) - batch["hr"]).abs().mean()
+    assert out["loss"] == pytest.approx(2.0 * float(pixel), rel=1e-5)
+    with pytest.raises(ValueError, match="0 only with a pixel loss"):
+        SRTrainStep(objective, latent_weight=0.0)
     with pytest.raises(ValueError, match="x0 or v"):
         SRTrainStep({**objective, "prediction": "epsilon"}, autoencoder=setup.autoencoder, pixel_weight=1.0)
     # through the bundle: the term is logged and the weight recorded
