@@ -183,7 +183,11 @@ class SRTrainStep:
     of the schedule is amplified ~1e4-fold (see :meth:`DDPMObjective.predict_x0_and_eps`).
     ``pixel_crop`` (latent pixels) decodes one random square of that size of the batch instead of
     the whole latent, the same for every item: decoding costs more than the denoiser on a CPU.
-    ``latent_weight`` scales the objective's own latent loss (0: the pixel loss alone). In a rich
+    ``warmup_iterations``: the learning rate rises linearly to its set value over that many iterations.
+    Adam moves every weight by about the learning rate from the first step, so the zero-initialised
+    output layer of a ``condition_skip`` network leaves the identity at once: on chest tiles in TAEF2's
+    space the decoded x0 estimate's L1 was 0.035 after 10 iterations at 2e-4, against 0.008-0.013 for
+    the LR latent itself. ``latent_weight`` scales the objective's own latent loss (0: the pixel loss alone). In a rich
     latent space the two disagree: on chest radiograph tiles in TAEF2's 32-channel space the LR latent
     itself has latent L1 0.64 to the HR latent and decodes at 36.0 dB, while a denoiser trained with
     the latent loss reached latent L1 0.54 and decoded at 31.0 dB (it learns the HR latents' per-channel
@@ -193,8 +197,12 @@ class SRTrainStep:
 
     def __init__(self, objective: Mapping[str, Any], *, ema: nn.Module | None = None,
                  grad_clip: float | None = 1.0, autoencoder: Autoencoder | None = None,
-                 pixel_weight: float = 0.0, pixel_crop: int | None = None, latent_weight: float = 1.0) -> None:
+                 pixel_weight: float = 0.0, pixel_crop: int | None = None, latent_weight: float = 1.0,
+                 warmup_iterations: int = 0) -> None:
         self.objective = objective_from_dict(objective)
+        self.warmup_iterations = int(warmup_iterations)
+        if self.warmup_iterations < 0:
+            raise ValueError(f"warmup_iterations must be >= 0, got {warmup_iterations}")
         self.latent_weight = float(latent_weight)
         if self.latent_weight < 0 or (self.latent_weight == 0 and not pixel_weight > 0):
             raise ValueError(f"the latent loss weight must be >= 0, and 0 only with a pixel loss (got {latent_weight}, "
@@ -218,6 +226,11 @@ class SRTrainStep:
         condition = batch["lr_latent"].to(device, non_blocking=True)
         network = engine.network
         network.train()
+        if self.warmup_iterations:
+            # linear warm-up from the trainer's own iteration count, so a resumed run continues it
+            ramp = min(1.0, engine.state.iteration / self.warmup_iterations)
+            for group in engine.optimizer.param_groups:
+                group["lr"] = group.setdefault("initial_lr", group["lr"]) * ramp
         engine.optimizer.zero_grad(set_to_none=True)
         pixel = None
         with torch.autocast(device.type, enabled=bool(engine.amp)):

@@ -190,3 +190,30 @@ def test_ddp_with_two_cpu_processes(workspace, tmp_path):
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state["network"])  # saved unwrapped
     assert load_sr_model(run_dir / "model").denoiser is not None
+
+
+def test_warmup_ramps_the_learning_rate_from_the_trainers_iteration():
+    """``--warmup_iterations N``: the step sets lr = base * min(1, iteration / N) before each update,
+    from the engine's own iteration count (a resumed run continues the ramp)."""
+    from types import SimpleNamespace
+
+    from LatentSRLib.diffusion import build_denoiser
+    from LatentSRLib.training.sr import SRTrainStep
+
+    torch.manual_seed(0)
+    network = build_denoiser("tiny", 4, condition_skip=True)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
+    engine = SimpleNamespace(state=SimpleNamespace(device=torch.device("cpu"), iteration=0), network=network,
+                             amp=False, scaler=None, optimizer=optimizer)
+    objective = {"kind": "ddpm", "prediction": "x0", "loss": "l1", "min_snr_gamma": None,
+                 "schedule": {"kind": "cosine", "num_train_timesteps": 1000}}
+    step = SRTrainStep(objective, warmup_iterations=10, ema=None)
+    batch = {"hr_latent": torch.randn(2, 4, 16, 16), "lr_latent": torch.randn(2, 4, 16, 16)}
+    seen = []
+    for iteration in (1, 5, 10, 30):
+        engine.state.iteration = iteration
+        step(engine, batch)
+        seen.append(optimizer.param_groups[0]["lr"])
+    assert seen == pytest.approx([1e-4, 5e-4, 1e-3, 1e-3])
+    with pytest.raises(ValueError, match="warmup_iterations"):
+        SRTrainStep(objective, warmup_iterations=-1)
