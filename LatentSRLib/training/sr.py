@@ -181,8 +181,9 @@ class SRTrainStep:
     radiologist looks, in the image (the reference-models issue's probe: latent-only SR lost PSNR to
     bicubic). It needs an ``x0`` or ``v`` prediction: an epsilon network's x0 estimate at the noisy end
     of the schedule is amplified ~1e4-fold (see :meth:`DDPMObjective.predict_x0_and_eps`).
-    ``pixel_crop`` (latent pixels) decodes one random square of that size of the batch instead of
-    the whole latent, the same for every item: decoding costs more than the denoiser on a CPU.
+    ``pixel_crop`` (latent pixels) scores one random square of that size of the batch instead of the
+    whole latent, the same for every item, decoded with as much context again on each side
+    (:meth:`_pixel_window`): decoding costs more than the denoiser on a CPU.
     ``warmup_iterations``: the learning rate rises linearly to its set value over that many iterations.
     Adam moves every weight by about the learning rate from the first step, so the zero-initialised
     output layer of a ``condition_skip`` network leaves the identity at once: on chest tiles in TAEF2's
@@ -237,9 +238,9 @@ class SRTrainStep:
             if self.pixel_weight > 0:
                 loss, x0_hat = self.objective.training_loss(network, x0, condition, return_x0=True)
                 hr = batch["hr"].to(device, non_blocking=True).float()
-                x0_hat, hr = self._pixel_window(x0_hat, hr)
                 self.autoencoder.to(device)
-                pixel = (self.autoencoder.decode(x0_hat.float()).float() - hr).abs().mean()
+                decoded, hr = self._pixel_window(x0_hat, hr)
+                pixel = (decoded - hr).abs().mean()
                 loss = self.latent_weight * loss + self.pixel_weight * pixel
             else:
                 loss = self.objective.training_loss(network, x0, condition)
@@ -264,15 +265,25 @@ class SRTrainStep:
 
 
     def _pixel_window(self, latents: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The latents and HR pixels the pixel loss sees: all, or one random ``pixel_crop`` square."""
+        """The decoded x0 estimate and the HR pixels the pixel loss compares: all, or one random
+        ``pixel_crop`` square, decoded with ``pixel_crop`` latent pixels of context on each side (as far as
+        the latent goes) and cut out after decoding. A decoder's receptive field reaches far beyond a
+        small crop: decoded alone, the crop has edge artefacts the whole latent does not (TAEF2 on chest
+        tiles: L1 0.034 for 8 x 8 latent crops of the LR latent itself against 0.0089 for the whole tile),
+        and the network learnt to correct those instead of the image."""
         h, w = latents.shape[-2:]
         crop = self.pixel_crop
         if crop is None or (crop >= h and crop >= w):
-            return latents, hr
+            return self.autoencoder.decode(latents.float()).float(), hr
         factor = hr.shape[-1] // w
         top = int(torch.randint(0, max(h - crop, 0) + 1, ()))
         left = int(torch.randint(0, max(w - crop, 0) + 1, ()))
-        return (latents[..., top:top + crop, left:left + crop],
+        top0, left0 = max(top - crop, 0), max(left - crop, 0)
+        bottom, right = min(top + 2 * crop, h), min(left + 2 * crop, w)
+        decoded = self.autoencoder.decode(latents[..., top0:bottom, left0:right].float()).float()
+        rows = slice((top - top0) * factor, (top - top0 + crop) * factor)
+        cols = slice((left - left0) * factor, (left - left0 + crop) * factor)
+        return (decoded[..., rows, cols],
                 hr[..., top * factor:(top + crop) * factor, left * factor:(left + crop) * factor])
 
 

@@ -112,17 +112,22 @@ def test_pixel_loss_trains_through_the_frozen_decoder(workspace, tmp_path):
     assert all(p.grad is None for p in setup.autoencoder.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, setup.autoencoder.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(weights, network.parameters()))  # lr 0: nothing moved
-    # pixel_crop: one random 8 x 8 latent square decoded, against the HR pixels it covers (4x factor here)
-    cropped = SRTrainStep(objective, autoencoder=setup.autoencoder, pixel_weight=2.0, pixel_crop=8)
+    # pixel_crop: one random 4 x 4 latent square scored against the HR pixels it covers (4x factor here),
+    # decoded with 4 latent pixels of context on each side: the same pixels as cut from a 12 x 12 decode
+    cropped = SRTrainStep(objective, autoencoder=setup.autoencoder, pixel_weight=2.0, pixel_crop=4)
     torch.manual_seed(9)
     out = cropped(engine, batch)
     torch.manual_seed(9)
     with torch.no_grad():
         latent, x0_hat = step.objective.training_loss(network, batch["hr_latent"], batch["lr_latent"], return_x0=True)
-        top, left = int(torch.randint(0, 16 - 8 + 1, ())), int(torch.randint(0, 16 - 8 + 1, ()))
-        decoded = setup.autoencoder.decode(x0_hat[..., top:top + 8, left:left + 8].float())
-        pixel = (decoded - batch["hr"][..., 4 * top:4 * top + 32, 4 * left:4 * left + 32]).abs().mean()
-    assert decoded.shape[-2:] == (32, 32) and out["pixel_loss"] == pytest.approx(float(pixel), rel=1e-5)
+        top, left = int(torch.randint(0, 16 - 4 + 1, ())), int(torch.randint(0, 16 - 4 + 1, ()))
+        top0, left0 = max(top - 4, 0), max(left - 4, 0)
+        window = setup.autoencoder.decode(x0_hat[..., top0:min(top + 8, 16), left0:min(left + 8, 16)].float())
+        decoded = window[..., 4 * (top - top0):4 * (top - top0) + 16, 4 * (left - left0):4 * (left - left0) + 16]
+        pixel = (decoded - batch["hr"][..., 4 * top:4 * top + 16, 4 * left:4 * left + 16]).abs().mean()
+        alone = setup.autoencoder.decode(x0_hat[..., top:top + 4, left:left + 4].float())  # the crop without context
+    assert decoded.shape[-2:] == (16, 16) and out["pixel_loss"] == pytest.approx(float(pixel), rel=1e-5)
+    assert not torch.allclose(alone, decoded, atol=1e-4)  # the context changes what the crop decodes to
     # latent_weight scales the objective's latent loss; 0 leaves the pixel loss alone (and needs one)
     weighted = SRTrainStep(objective, autoencoder=setup.autoencoder, pixel_weight=2.0, latent_weight=0.0)
     torch.manual_seed(7)
