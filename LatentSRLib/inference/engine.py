@@ -164,6 +164,12 @@ def _tile_key(slice_index: int, top: int, left: int) -> int:
     return (slice_index * 65_537 + top) * 65_537 + left + 1
 
 
+def background_level(model: SRModel) -> float:
+    """The window level at or below which a tile holds no anatomy: the rule that kept such tiles out of
+    the model's training (its ``grid.background_level``)."""
+    return float(model.config.get("grid", {}).get("background_level", SliceSelection.background_level))
+
+
 def _mean_std(model: SRModel, lr: torch.Tensor, keys: list[int], settings: SRSettings,
               skipped: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """SR mean and std of a batch of ``(B, 1, h, w)`` LR tiles; with ``settings.skip_background``, tiles with
@@ -171,7 +177,7 @@ def _mean_std(model: SRModel, lr: torch.Tensor, keys: list[int], settings: SRSet
     Each tile's noise is seeded by its key, so sampling only the others changes nothing for them."""
     busy = torch.ones(lr.shape[0], dtype=torch.bool, device=lr.device)
     if settings.skip_background:
-        level = float(model.config.get("grid", {}).get("background_level", SliceSelection.background_level))
+        level = background_level(model)
         busy = lr.flatten(1).amax(1) > level
     if bool(busy.all()):
         result = sample_sr(model, lr, keys, settings.sampling)
@@ -471,7 +477,7 @@ def _sample_slices(model: SRModel, lr_fine: np.ndarray, settings: SRSettings, de
     done_mask = np.zeros(n, dtype=bool)
     skipped = [0]  # background tiles not sampled
     anatomy = anatomy_window_of(model, settings)
-    level = float(model.config.get("grid", {}).get("background_level", SliceSelection.background_level))
+    level = background_level(model)
     step = window_multiple(model)
 
     def _anatomy_mean_std(lr_model: torch.Tensor, rows: list[int], size: tuple[int, int], places):
