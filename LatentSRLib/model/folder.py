@@ -111,9 +111,11 @@ class SRModel:
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
 
-    def to(self, device: torch.device | str) -> SRModel:
-        self.denoiser.to(device)
-        self.autoencoder.to(device)
+    def to(self, device: torch.device | str, *, channels_last: bool = False) -> SRModel:
+        """Move both networks to ``device``, their 4D weights in channels-last (NHWC) layout or the default."""
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.denoiser.to(device, memory_format=layout)
+        self.autoencoder.to(device, memory_format=layout)
         return self
 
     def super_resolve(self, lr_images: torch.Tensor, ids: Sequence[str | int] | None = None,

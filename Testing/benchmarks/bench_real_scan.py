@@ -3,7 +3,7 @@
     .venv/bin/python Testing/benchmarks/bench_real_scan.py [--model Training/models/brain-sr4]
         [--scan ../shared/data/brain/BraTS-GLI-00001-000-t2f.nii.gz] [--slices 8 | --slices 0 (all)]
         [--paper-steps 100] [--skip-paper] [--device auto] [--tile PIXELS] [--overlap FRACTION]
-        [--anatomy-window on|off]
+        [--anatomy-window on|off] [--channels-last on|off|compare]
 
 The true volume's central ``--slices`` axial slices are measured as a scanner would store them
 (``latentsr degrade --coarse-grid``: 4x coarser in-plane) and super-resolved back twice in this
@@ -21,7 +21,10 @@ slices with anatomy. It prints, for each, the wall time, seconds per slice, PSNR
 the ratio of the times, the PSNR difference, the peak resident memory of the defaults run (read as soon
 as the engine returns, before any scoring, and measured first, so the figure is the defaults' own), and
 where the defaults' time went: the autoencoder's encode and decode, the denoiser, and the rest (tiling,
-blending, up-sampling, data consistency). Figures, not assertions: the tests never time.
+blending, up-sampling, data consistency). ``--channels-last compare`` runs the defaults twice, in the
+networks' default layout and then channels-last (NHWC), and prints the ratio of the times and the PSNR
+difference (the peak memory of the second run includes the first's). Figures, not assertions: the tests
+never time.
 """
 
 from __future__ import annotations
@@ -144,6 +147,9 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=None, help="the defaults run's tile overlap (default: the engine's)")
     parser.add_argument("--anatomy-window", choices=("on", "off"), default=None,
                         help="the defaults run's anatomy window (default: the model's)")
+    parser.add_argument("--channels-last", choices=("on", "off", "compare"), default=None,
+                        help="the networks' layout in the defaults run (default: the engine's choice for the device); "
+                             "compare: time both, default layout first")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -158,21 +164,29 @@ def main() -> None:
     print(f"{Path(args.model).name} on {Path(args.scan).name}: {count} axial slices, {lr.shape[1]}x{lr.shape[2]} -> "
           f"{hr.shape[1]}x{hr.shape[2]}; device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    timed, refs = {}, {}
-    for samples in args.samples:
+    layouts = {None: [None], "on": [True], "off": [False], "compare": [False, True]}[args.channels_last]
+    timed, refs, by_layout = {}, {}, {}
+    for samples, channels_last in [(k, layout) for k in args.samples for layout in layouts]:
         timer = StageTimer(model, device)
         settings = SRSettings(data_consistency=True, samples=samples, tile=args.tile, overlap=args.overlap,
-                              anatomy_window=None if args.anatomy_window is None else args.anatomy_window == "on")
+                              anatomy_window=None if args.anatomy_window is None else args.anatomy_window == "on",
+                              channels_last=channels_last)
         seconds, metrics = _run(model, lr, hr, settings, device, timer)
         timed[samples] = seconds
         ref = refs[samples] = metrics["reference"]
-        print(f"defaults, K = {samples} ({default_steps} steps, data consistency, {metrics['tiling']}, background skipped: "
+        by_layout[channels_last] = (seconds, ref["psnr_sr"])
+        layout = "" if channels_last is None else (", channels-last" if channels_last else ", default layout")
+        print(f"defaults, K = {samples}{layout} ({default_steps} steps, data consistency, {metrics['tiling']}, background skipped: "
               f"{metrics['background_tiles_skipped']} tiles, batch {metrics['batch_size']}): {seconds:8.1f} s, "
               f"{seconds / count:6.2f} s/slice, PSNR {ref['psnr_sr']:.2f} dB, SSIM {ref['ssim_sr']:.3f}; "
               f"peak memory so far {metrics['peak_gib']:.2f} GiB")
         rest = seconds - sum(timer.seconds.values())
         print("  where the time went: " + ", ".join(f"{name} {t:.1f} s ({t / seconds:.0%})" for name, t in
                                                      [*timer.seconds.items(), ("rest", rest)]))
+    if args.channels_last == "compare":
+        (plain, plain_psnr), (nhwc, nhwc_psnr) = by_layout[False], by_layout[True]
+        print(f"channels-last is {plain / nhwc:.2f}x the default layout's speed, PSNR {nhwc_psnr - plain_psnr:+.3f} dB "
+              f"(K = {args.samples[-1]})")
     if len(timed) > 1:
         first = next(iter(timed))
         print("time against K = {}: ".format(first) + ", ".join(f"K = {k}: {t / timed[first]:.2f}x" for k, t in timed.items()))

@@ -265,6 +265,27 @@ def test_uncertainty_samples_and_seed(model):
     assert float(two.uncertainty.array.max()) > 0.0
 
 
+def test_channels_last_layout_gives_the_same_volume_and_is_the_cpu_default(brats_flair):
+    """The engine runs the networks channels-last on the CPU (faster there: bench_real_scan.py); the
+    layout changes how the weights are stored, not the image. On the shipped brain model and real 4 mm
+    slices (an untrained network on constant padding is too ill-conditioned to compare this way)."""
+    from LatentSRLib.inference.real_scans import slab_of
+    from LatentSRLib.transforms.simulation import simulate_coarse_scan
+
+    model = load_sr_model(REPO_ROOT / "Training" / "models" / "brain-sr4")
+    truth = read_image(brats_flair)
+    coarse = simulate_coarse_scan(slab_of(truth, "axial", range(76, 78)), 4, plane="axial")
+    runs = {}
+    for channels_last in (False, None):
+        settings = SRSettings(data_consistency=True, channels_last=channels_last)
+        runs[channels_last] = super_resolve_volume(model, coarse, settings=settings, device="cpu").sr.array
+        conv = next(p for p in model.autoencoder.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1)
+        assert conv.is_contiguous(memory_format=torch.channels_last) is (channels_last is None)
+    assert runs[None].shape == (2, 240, 240)
+    scale = float(np.percentile(runs[False], 99.5))
+    assert np.abs(runs[False].astype(float) - runs[None]).max() <= 1e-3 * scale
+
+
 def test_out_of_memory_halves_the_batch():
     seen = []
 

@@ -107,3 +107,23 @@ def test_a_radiograph_is_scored_as_its_one_slice(tile_model, tmp_path):
     scaled = [np.clip((x - window["lower"]) / (window["upper"] - window["lower"]), 0, 1) for x in (bicubic, truth)]
     assert row["slice"] == 0 and row["psnr_lr"] == pytest.approx(_psnr(*scaled), abs=0.5)
     assert summarise(results, "no_dc")["n"] == 1
+
+
+def test_measure_model_script_says_what_is_wrong_in_one_line(tile_model, tmp_path, capsys):
+    """The card-measuring script reports a missing model or an unreadable scan as one line, exit 2,
+    and writes no results."""
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("measure_model", REPO_ROOT / "Training" / "scripts" / "measure_model.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(tmp_path / "missing"), "--scan", f"a={tmp_path / 'a.nii.gz'}"]) == 2
+    assert "missing: no such model folder" in capsys.readouterr().err
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a scan")
+    assert script.main([str(tile_model), "--scan", f"a={broken}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "broken.nii.gz" in err
+    assert not (tile_model / "results" / "real_scans.json").exists()

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from LatentSRLib.errors import LatentSRError
 from LatentSRLib.inference.real_scans import evaluate_real_scans
 from LatentSRLib.io.atomic import atomic_path
 
@@ -46,6 +47,14 @@ def _resampled(path: str, pixels: int):
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _measure(argv)
+    except LatentSRError as exc:  # a missing model or a bad scan: one line, as the CLI says it
+        print(f"measure_model: {exc}", file=sys.stderr)
+        return 2
+
+
+def _measure(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--scan", action="append", required=True, metavar="NAME=FILE", help="a true high-resolution scan")
