@@ -29,14 +29,17 @@ FIGURES = {"ceiling_regression.png": "SR PSNR against the AE ceiling, one point 
            "subband_profile.png": "Haar subband PSNR per method, coarsest to finest (Claim 4)"}
 
 
-def store(evaluation: Path, generic: str, adapted: str, results: Path) -> None:
-    """Copy what the report needs from an evaluation run into ``results`` (replaced whole)."""
+def store(evaluation: Path, generic: str, adapted: str, results: Path, note: str | None = None) -> None:
+    """Copy what the report needs from an evaluation run into ``results`` (replaced whole); ``note``
+    (e.g. how the pair was trained) is kept in ``claims.json`` and printed at the top of the report."""
     results.mkdir(parents=True, exist_ok=True)
     for name in ("per_image.csv", "summary.json", "tables.md", *FIGURES):
         if (evaluation / name).is_file():
             shutil.copy2(evaluation / name, results / name)
-    (results / "claims.json").write_text(json.dumps({"generic": generic, "adapted": adapted,
-                                                     "evaluation": str(evaluation)}, indent=2) + "\n")
+    chosen = {"generic": generic, "adapted": adapted, "evaluation": str(evaluation)}
+    if note:
+        chosen["note"] = note
+    (results / "claims.json").write_text(json.dumps(chosen, indent=2) + "\n")
 
 
 def report_text(results: Path, report: Path) -> tuple[str, dict]:
@@ -50,9 +53,10 @@ def report_text(results: Path, report: Path) -> tuple[str, dict]:
                for name, caption in FIGURES.items() if (results / name).is_file()}
     source = f"`{results.relative_to(ROOT)}`" if results.is_relative_to(ROOT) else str(results)
     text = claims_markdown(claims, summary, source=source, figures=figures)
-    if chosen.get("caveat"):  # a known problem of the runs behind these rows, recorded beside them
-        head, _, rest = text.partition("\n\n")
-        text = f"{head}\n\n> **Caveat.** {chosen['caveat']}\n\n{rest}"
+    for key, label in (("note", "Note"), ("caveat", "Caveat")):  # recorded beside the rows: how they were made, known problems
+        if chosen.get(key):
+            head, _, rest = text.partition("\n\n")
+            text = f"{head}\n\n> **{label}.** {chosen[key]}\n\n{rest}"
     return text, claims
 
 
@@ -70,13 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluation", type=Path, help="an evaluation run folder to store the results of first")
     parser.add_argument("--generic", help="the SR model in the generic autoencoder's space (its method name)")
     parser.add_argument("--adapted", help="the SR model in the adapted autoencoder's space (its method name)")
+    parser.add_argument("--note", help="with --evaluation: a line on how the pair was trained, shown at the top of the report")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("-o", "--output", type=Path, default=REPORT)
     args = parser.parse_args(argv)
     if args.evaluation is not None:
         if not (args.generic and args.adapted):
             parser.error("--evaluation needs --generic and --adapted")
-        store(args.evaluation, args.generic, args.adapted, args.results)
+        store(args.evaluation, args.generic, args.adapted, args.results, note=args.note)
     print(f"wrote {write_report(args.results.resolve(), args.output.resolve())}")
     return 0
 
