@@ -47,7 +47,7 @@ def prefers_channels_last(device: torch.device) -> bool:
     """Whether the networks run faster with channels-last (NHWC) weights and activations on ``device``.
 
     Measured on the CPU, where oneDNN's NHWC convolutions ran brain-sr4 on a whole 155-slice volume 1.26x
-    faster (77.2 s -> 61.1 s, ``Testing/benchmarks/bench_real_scan.py --channels-last compare``, README)
+    faster (81.9 s -> 66.3 s, ``Testing/benchmarks/bench_real_scan.py --channels-last compare``, README)
     with outputs equal to 1e-5; not measured on GPUs, so they keep the default layout.
     """
     return device.type == "cpu"
