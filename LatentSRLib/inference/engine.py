@@ -83,7 +83,7 @@ class SRSettings:
             consistency map is then measured after it.
         autocast: reduced precision (bf16/fp16) on CUDA.
         channels_last: run the networks in channels-last (NHWC) layout; None: where it measured faster
-            (:func:`~LatentSRLib.model.devices.prefers_channels_last`: the CPU). The outputs agree to 1e-5.
+            (:func:`~LatentSRLib.model.devices.prefers_channels_last`: the CPU). The networks agree to 1e-5.
         tile: pixels per side of the sliding window's tiles (None: the tile the model was trained on).
             A larger tile runs fewer windows with less overlap: on a CPU the whole 240 x 240 slice as one
             256 x 256 tile was 1.6-2.9x faster than 128 x 128 tiles for brain-sr4, at -0.07 dB (README).
