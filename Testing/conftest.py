@@ -77,6 +77,18 @@ def registry_dicom(name: str) -> Path:
     return Path(path)
 
 
+def load_script(name: str):
+    """A script of ``Training/scripts`` imported as a module (they are not a package)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"latentsr_script_{name}", REPO_ROOT / "Training" / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_tiny_sr_model(root: Path, grid: int = 64, fit: str = "pad", task: str = "sr4") -> Path:
     """A tiny untrained SR model (sr4, ``grid`` x ``grid``, grid ``fit`` "pad" or "tile") in
     ``root/model``: for geometry and plumbing tests, which do not need a trained one. Its autoencoder

@@ -112,13 +112,9 @@ def test_a_radiograph_is_scored_as_its_one_slice(tile_model, tmp_path):
 def test_measure_model_script_says_what_is_wrong_in_one_line(tile_model, tmp_path, capsys):
     """The card-measuring script reports a missing model or an unreadable scan as one line, exit 2,
     and writes no results."""
-    import importlib.util
+    from conftest import load_script
 
-    from conftest import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location("measure_model", REPO_ROOT / "Training" / "scripts" / "measure_model.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("measure_model")
     assert script.main([str(tmp_path / "missing"), "--scan", f"a={tmp_path / 'a.nii.gz'}"]) == 2
     assert "missing: no such model folder" in capsys.readouterr().err
     broken = tmp_path / "broken.nii.gz"

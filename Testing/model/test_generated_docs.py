@@ -4,23 +4,12 @@ edit, or results changed without regenerating, fails here."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_script as _script
 
-SCRIPTS = REPO_ROOT / "Training" / "scripts"
 MODELS = sorted(p for p in (REPO_ROOT / "Training" / "models").iterdir() if (p / "config.json").is_file())
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"latentsr_script_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("folder", MODELS, ids=[p.name for p in MODELS])

@@ -309,7 +309,7 @@ def card_text(folder: Path) -> str:
         text = replace_block(text, "targets", targets_block(results))
     if (folder / "results" / "steps.json").is_file():
         text = replace_block(text, "steps", steps_block(json.loads((folder / "results" / "steps.json").read_text())))
-    if (folder / "results" / "tiling.json").is_file() and "<!-- generated: tiling -->" in text:
+    if (folder / "results" / "tiling.json").is_file():
         sampling = json.loads((folder / "config.json").read_text()).get("sampling", {})
         text = replace_block(text, "tiling", tiling_block(json.loads((folder / "results" / "tiling.json").read_text()),
                                                           sampling))
