@@ -407,8 +407,13 @@ class LatentSRLogic(ScriptedLoadableModuleLogic):
                     "on it); the uncertainty map is the raw spread of the samples.")
         alpha = float(calibration["alpha"])
         samples = calibration.get("samples")
-        note = (f"Calibrated: SR +- interval holds the truth for {100 * (1 - alpha):.4g}% of foreground pixels "
-                f"(risk {alpha:g}, confidence {1 - float(calibration.get('delta', 0.0)):g}, "
+        delta = calibration.get("delta")
+        if calibration.get("method", "rcps-hoeffding-bentkus") == "rcps-hoeffding-bentkus" and delta is not None:
+            how = f"confidence {1 - float(delta):g}"
+        else:
+            how = "conformal risk control"
+        note = (f"Calibrated: SR +- interval holds the truth for {100 * (1 - alpha):.4g}% of foreground pixels, on "
+                f"average over images (risk {alpha:g}, {how}, "
                 f"{calibration.get('images', '?')} {calibration.get('split', '')} images, {samples} sample(s)).")
         if samples is not None and str(samples) != (parameterNode.GetParameter("Samples") or "1"):
             note += f" Warning: set Samples to {samples}, as calibrated; the guarantee holds for that."

@@ -12,7 +12,9 @@ from LatentSRLib.cli.options import fraction, non_negative_int, positive_int, pr
 #: folder is checked before torch is imported (a test keeps the two equal)
 ASSESSMENT_FILE = "calibration_assessment.json"
 #: the defaults when calibrating (with --assess, None means "as recorded in calibration.json")
-CALIBRATE_DEFAULTS = {"split": "val", "alpha": 0.1, "delta": 0.1, "samples": 1, "seed": 0, "data_consistency": True}
+CALIBRATE_DEFAULTS = {"split": "val", "alpha": 0.1, "method": "crc", "samples": 1, "seed": 0, "data_consistency": True}
+#: ``LatentSRLib.metrics.calibration.METHODS``' keys, named here for the same reason (a test keeps them equal)
+METHOD_NAMES = ("crc", "rcps")
 
 
 def register(subparsers) -> None:
@@ -21,10 +23,13 @@ def register(subparsers) -> None:
         help="calibrate a model's per-pixel uncertainty into intervals that hold the truth (writes calibration.json), "
         "or assess a stored calibration on held-out slices (--assess)",
         description="Super-resolve the slices of one split of DATASET_DIR (written by latentsr prepare, the model's "
-        "task and grid) and find the smallest lam such that, with probability at least 1 - delta, the intervals SR "
-        "+- lam * (sqrt(std^2 + consistency^2) + floor) leave at most a fraction alpha of a new image's foreground "
-        "pixels outside (risk-controlling prediction sets, Hoeffding-Bentkus bound; Angelopoulos et al., ICML "
-        "2022). Writes MODEL/calibration.json; latentsr sr then writes the interval half-width map and, with "
+        "task and grid) and find the smallest lam such that the intervals SR +- lam * (sqrt(std^2 + consistency^2 + "
+        "structure^2) + floor) leave, in expectation, at most a fraction alpha of a new image's foreground pixels "
+        "outside (structure: the SR's local edge strength). --method crc (default): conformal risk control "
+        "(Angelopoulos et al., ICLR 2024), tight: the coverage lands near 1 - alpha. --method rcps: risk-controlling "
+        "prediction sets with the Hoeffding-Bentkus bound (Angelopoulos et al., ICML 2022), the same statement with "
+        "probability at least 1 - delta over calibration sets, at the price of wider intervals. Writes "
+        "MODEL/calibration.json; latentsr sr then writes the interval half-width map and, with "
         "--tolerance, a trust map. Use subjects the model never trained on (the val split). With --assess SPLIT "
         "-o REPORT_DIR, the stored calibration is assessed instead on SPLIT (not the calibration split): coverage "
         "against nominal, width by region, the AUROC of the width (beside the raw std and the consistency map) at "
@@ -39,8 +44,11 @@ def register(subparsers) -> None:
                         "for the reliability diagram (default: the calibration's)")
     parser.add_argument("--alpha", type=fraction, default=None,
                         help="the expected fraction of foreground pixels outside, at most (default 0.1)")
+    parser.add_argument("--method", choices=METHOD_NAMES, default=None,
+                        help="crc: conformal risk control, expected coverage >= 1 - alpha (default); rcps: "
+                        "risk-controlling prediction sets, the same with confidence 1 - delta")
     parser.add_argument("--delta", type=fraction, default=None,
-                        help="the statement holds with probability at least 1 - delta (default 0.1)")
+                        help="with --method rcps: the statement holds with probability at least 1 - delta (default 0.1)")
     parser.add_argument("--samples", type=positive_int, default=None, metavar="K",
                         help="samples per slice; run latentsr sr with the same K (default 1, as latentsr sr; with --assess: the "
                         "calibration's)")
@@ -105,20 +113,27 @@ def run(args: argparse.Namespace) -> int:
     for name, value in CALIBRATE_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.method == "rcps" and args.delta is None:
+        args.delta = 0.1
+    if args.method != "rcps" and args.delta is not None:
+        raise InputError("--delta is for --method rcps (risk-controlling prediction sets); conformal risk control "
+                         "controls the expected coverage, with no confidence level")
     for name, value in (("--alpha", args.alpha), ("--delta", args.delta)):
-        if not 0 < value < 1:
+        if value is not None and not 0 < value < 1:
             raise InputError(f"{name} must lie strictly between 0 and 1, got {value}")
     check_writable(Path(args.model) / "calibration.json")
 
     from LatentSRLib.evaluation.calibration import calibrate_model
+    from LatentSRLib.metrics.calibration import METHODS
 
     with progress_bar("calibrating") as advance:
         calibration = calibrate_model(args.model, dataset, split=args.split, alpha=args.alpha, delta=args.delta,
-                                      samples=args.samples, steps=args.steps, device=args.device, limit=args.limit,
+                                      method=METHODS[args.method], samples=args.samples, steps=args.steps, device=args.device, limit=args.limit,
                                       seed=args.seed, data_consistency=args.data_consistency, progress=advance)
     print(f"lam {calibration.lam:.4g} on {calibration.images} {calibration.split} slices (K = {calibration.samples}, "
           f"{calibration.steps} steps): coverage {calibration.coverage:.3f} (nominal {calibration.nominal:.2f}), "
           f"mean half-width {calibration.mean_half_width:.4f} of the intensity window")
+    print(f"promise: {calibration.guarantee}")
     print(f"wrote {Path(args.model) / 'calibration.json'}")
     return 0
 
@@ -130,7 +145,7 @@ def _assess(args: argparse.Namespace, dataset) -> int:
     from LatentSRLib.errors import InputError
     from LatentSRLib.io.atomic import check_results_folder
 
-    for name in ("alpha", "delta"):
+    for name in ("alpha", "delta", "method"):
         if getattr(args, name) is not None:
             raise InputError(f"--{name} is for calibrating; --assess uses the stored calibration's")
     if args.output is None:

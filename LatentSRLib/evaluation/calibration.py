@@ -6,10 +6,11 @@ The model super-resolves every slice of one split of a dataset written by ``late
 ``latentsr sr`` does for a slice of one tile: SR = the mean of the K samples clipped to [0, 1],
 ``std`` their std, ``consistency`` = ``|A(SR) - LR|`` with the task's noise-free forward operator
 (rule 11; measured before clipping, as the engine does). The heuristic width
-(:func:`~LatentSRLib.metrics.calibration.heuristic_width`) of each slice is then scaled by the
-``lam`` of :func:`~LatentSRLib.metrics.calibration.calibrate_lambda` (risk = fraction of the slice's
-foreground pixels whose truth lies outside), and the result is recorded in the model folder's
-``calibration.json`` with what reproduces it (dataset, split, n, K, steps, seed).
+(:func:`~LatentSRLib.metrics.calibration.heuristic_width`, with the structure of the slice's SR) of
+each slice is then scaled by the ``lam`` of :func:`~LatentSRLib.metrics.calibration.fit_lambda`
+(conformal risk control by default, or risk-controlling prediction sets; risk = fraction of the
+slice's foreground pixels whose truth lies outside), and the result is recorded in the model
+folder's ``calibration.json`` with what reproduces it (method, dataset, split, n, K, steps, seed).
 
 The split must hold slices of subjects the model never trained on (the validation split of the
 dataset the model was trained with is the natural choice), exchangeable with the scans it will meet.
@@ -30,12 +31,16 @@ from LatentSRLib.errors import InputError
 from LatentSRLib.metrics.calibration import (
     DEFAULT_FLOOR,
     FOREGROUND_LEVEL,
+    HEURISTIC,
+    METHOD,
+    METHOD_RCPS,
+    METHODS,
     Calibration,
-    calibrate_lambda,
     coverage,
-    heuristic_width,
+    fit_lambda,
     lambda_grid,
     mean_half_width,
+    named_width,
     normalised_errors,
     risk_table,
 )
@@ -44,7 +49,7 @@ from LatentSRLib.model.folder import SRModel, load_sr_model
 from LatentSRLib.model.sampling import SamplingSettings, sample_sr
 from LatentSRLib.transforms.consistency import consistency_map, data_consistent
 
-__all__ = ["CalibrationMaps", "calibrate_maps", "calibrate_model", "calibration_maps", "check_pairing"]
+__all__ = ["CalibrationMaps", "calibrate_maps", "calibrate_model", "calibration_maps", "check_pairing", "maps_width"]
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -123,26 +128,41 @@ def calibration_maps(model: SRModel, dataset: PreparedDataset, split: str = "val
     return CalibrationMaps([item["id"] for item in items], **out)
 
 
-def calibrate_maps(maps: CalibrationMaps, *, alpha: float = 0.1, delta: float = 0.1, floor: float = DEFAULT_FLOOR,
+def maps_width(maps: CalibrationMaps, heuristic: str = HEURISTIC, floor: float = DEFAULT_FLOOR) -> np.ndarray:
+    """The heuristic width of each slice of ``maps``: ``(n, H, W)`` float64, window units (the
+    structure term from each slice's SR, in its own plane)."""
+    return named_width(heuristic, maps.std, maps.consistency, maps.sr, floor)
+
+
+def calibrate_maps(maps: CalibrationMaps, *, alpha: float = 0.1, delta: float | None = None, method: str = METHOD,
+                   floor: float = DEFAULT_FLOOR, heuristic: str = HEURISTIC,
                    foreground_level: float = FOREGROUND_LEVEL) -> tuple[float, float, float]:
     """The calibrated ``lam`` of the maps, with the coverage and mean half-width it gives on them
     (foreground pixels pooled, window units).
 
+    Args:
+        maps: the calibration split's maps.
+        alpha: the risk level.
+        delta: 1 - the confidence (``rcps`` only).
+        method: :data:`~LatentSRLib.metrics.calibration.METHOD_CRC` or ``METHOD_RCPS``.
+        floor, heuristic: the width's floor and formula.
+        foreground_level: pixels of the truth above it count.
+
     Raises:
-        ValueError: too few slices to certify ``alpha`` at confidence ``1 - delta``.
+        ValueError: too few slices to control ``alpha`` by ``method``.
     """
-    widths = [heuristic_width(s, c, floor) for s, c in zip(maps.std, maps.consistency)]
-    masks = [h > foreground_level for h in maps.hr]  # the truth's anatomy, not the empty field of view
+    widths = maps_width(maps, heuristic, floor)
+    masks = maps.hr > foreground_level  # the truth's anatomy, not the empty field of view
     scores = [normalised_errors(sr, hr, w, m) for sr, hr, w, m in zip(maps.sr, maps.hr, widths, masks)]
     grid = lambda_grid(scores)
-    lam = calibrate_lambda(risk_table(scores, grid), grid, alpha, delta)
-    half = lam * np.stack(widths)
-    mask = np.stack(masks)
-    return lam, coverage(maps.sr, maps.hr, half, mask), mean_half_width(half, mask)
+    lam = fit_lambda(risk_table(scores, grid), grid, alpha, delta, method)
+    half = lam * widths
+    return lam, coverage(maps.sr, maps.hr, half, masks), mean_half_width(half, masks)
 
 
 def calibrate_model(model_folder: str | os.PathLike, dataset_dir: str | os.PathLike, *, split: str = "val",
-                    alpha: float = 0.1, delta: float = 0.1, samples: int = 1, steps: int | None = None,
+                    alpha: float = 0.1, delta: float | None = None, method: str = METHOD, samples: int = 1,
+                    steps: int | None = None,
                     device: str = "auto", limit: int | None = None, seed: int = 0, data_consistency: bool = False,
                     floor: float = DEFAULT_FLOOR, progress: ProgressCallback | None = None) -> Calibration:
     """Calibrate ``model_folder``'s intervals on ``split`` of ``dataset_dir`` and write its ``calibration.json``.
@@ -152,7 +172,9 @@ def calibrate_model(model_folder: str | os.PathLike, dataset_dir: str | os.PathL
         dataset_dir: a dataset of the model's task and grid, written by ``latentsr prepare``.
         split: the split to calibrate on (subjects the model never trained on).
         alpha: the risk level in (0, 1): at most this expected fraction of foreground pixels outside.
-        delta: in (0, 1); the statement holds with probability at least ``1 - delta``.
+        delta: in (0, 1), for ``rcps``: the statement holds with probability at least ``1 - delta``
+            (default 0.1); must be None for conformal risk control (its statement is in expectation).
+        method: :data:`~LatentSRLib.metrics.calibration.METHOD_CRC` (the default) or ``METHOD_RCPS``.
         samples: K samples per slice; ``latentsr sr`` should use the same K (its std is part of the width).
         steps: sampling steps (None: the model's default).
         device: ``auto``, ``cpu``, ``cuda``, ...
@@ -171,7 +193,14 @@ def calibrate_model(model_folder: str | os.PathLike, dataset_dir: str | os.PathL
     model_folder, dataset_dir = Path(model_folder), Path(dataset_dir)
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}", dataset_dir)
-    if not (0 < alpha < 1 and 0 < delta < 1):
+    if method not in METHODS.values():
+        raise InputError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == METHOD_RCPS and delta is None:
+        delta = 0.1
+    if method != METHOD_RCPS and delta is not None:
+        raise InputError("delta is for risk-controlling prediction sets (--method rcps); conformal risk control "
+                         "controls the expected risk, with no confidence level")
+    if not (0 < alpha < 1 and (delta is None or 0 < delta < 1)):
         raise InputError(f"alpha and delta must lie strictly between 0 and 1 (got {alpha} and {delta})")
     dataset = PreparedDataset(dataset_dir)
     if not dataset.indices(split):
@@ -183,12 +212,13 @@ def calibrate_model(model_folder: str | os.PathLike, dataset_dir: str | os.PathL
     maps = calibration_maps(model, dataset, split, samples=samples, steps=sampling.steps, seed=seed, limit=limit,
                             data_consistency=data_consistency, progress=progress)
     try:
-        lam, covered, width = calibrate_maps(maps, alpha=alpha, delta=delta, floor=floor)
+        lam, covered, width = calibrate_maps(maps, alpha=alpha, delta=delta, method=method, floor=floor)
     except ValueError as exc:
         raise InputError(f"the {split} split ({len(maps.ids)} slices) is too small: {exc}", dataset_dir) from None
     calibration = Calibration(
-        lam=lam, alpha=float(alpha), delta=float(delta), samples=int(samples), split=split, images=len(maps.ids),
-        dataset=dataset_dir.resolve().name, steps=sampling.steps, seed=int(seed), floor=float(floor),
+        lam=lam, alpha=float(alpha), delta=None if delta is None else float(delta), samples=int(samples), split=split,
+        images=len(maps.ids), dataset=dataset_dir.resolve().name, steps=sampling.steps, seed=int(seed),
+        floor=float(floor), method=method, heuristic=HEURISTIC,
         coverage=covered, mean_half_width=width,
         extra={"sampler": sampling.sampler, "data_consistency": bool(data_consistency), "limit": limit,
                "task": dataset.task.name, "units": "window [0, 1]; coverage over foreground pixels"},

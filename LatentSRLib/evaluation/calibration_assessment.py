@@ -19,11 +19,12 @@ data-consistency setting, read from ``calibration.json``), and:
   holes filled): a pixel is flagged when ``|SR - HR| > tau``. The AUROC of the calibrated half-width
   at ranking flagged above unflagged pixels (:func:`~LatentSRLib.metrics.calibration.width_auroc`,
   pooled over every analysed pixel of the split, and the mean of the per-slice AUROCs), beside the
-  raw K-sample std and the consistency map ``|A(SR) - LR|`` as baselines. ``lam`` and the floor do not
-  change a ranking: the calibrated width's AUROC is that of ``sqrt(std^2 + consistency^2)``;
+  raw K-sample std, the consistency map ``|A(SR) - LR|`` and the SR's structure map (the terms of the
+  width) as baselines. ``lam`` and the floor do not change a ranking: the calibrated width's AUROC is
+  that of the heuristic's spread;
 * a reliability diagram: for each nominal level, ``lam`` refitted on the calibration split (the same
-  bound and confidence as the stored calibration) and the coverage it reaches on the assessed split
-  (:func:`~LatentSRLib.metrics.calibration.reliability_curve`).
+  method, and confidence for ``rcps``, as the stored calibration) and the coverage it reaches on the
+  assessed split (:func:`~LatentSRLib.metrics.calibration.reliability_curve`).
 
 Outputs, in one folder written atomically (a previous assessment is replaced as a whole):
 ``calibration_assessment.json`` (every number, the slice ids of both splits, per-slice rows),
@@ -46,17 +47,18 @@ import torch
 
 from LatentSRLib.data.dataset import SPLITS, PreparedDataset
 from LatentSRLib.errors import InputError
-from LatentSRLib.evaluation.calibration import CalibrationMaps, calibration_maps, check_pairing
+from LatentSRLib.evaluation.calibration import CalibrationMaps, calibration_maps, check_pairing, maps_width
 from LatentSRLib.io.atomic import atomic_directory, check_results_folder
 from LatentSRLib.metrics.calibration import (
+    METHOD_RCPS,
     RELIABILITY_LEVELS,
     Calibration,
     coverage,
-    heuristic_width,
     image_coverage,
     mean_half_width,
     normalised_errors,
     reliability_curve,
+    structure_map,
     width_auroc,
 )
 from LatentSRLib.metrics.hallucination import BACKGROUND_LEVEL, hallucination_maps
@@ -81,8 +83,8 @@ ASSESSMENT_FILE = "calibration_assessment.json"
 REPORT_FILE = "calibration_assessment.md"
 FIGURE_FILE = "reliability.png"
 ASSESSMENT_FORMAT = "latentsr.calibration_assessment"
-#: the per-pixel scores ranked against the flagged pixels: the calibrated width and its two baselines
-SCORES = ("calibrated_half_width", "std", "consistency")
+#: the per-pixel scores ranked against the flagged pixels: the calibrated width and its terms as baselines
+SCORES = ("calibrated_half_width", "std", "consistency", "structure")
 #: what the AUROC flags: hallucinated or lost pixels (beyond the AE noise floor), and each kind alone
 TARGETS = ("flagged", "hallucinated", "lost")
 
@@ -114,7 +116,7 @@ def assess_maps(calibration: Calibration, maps: CalibrationMaps, reference: Cali
     """Every number of the assessment, from the maps (numpy only; no model).
 
     Args:
-        calibration: the stored calibration (its ``lam``, floor, foreground level, delta).
+        calibration: the stored calibration (its ``lam``, heuristic, floor, foreground level, method, delta).
         maps: the assessed split's maps, each ``(n, H, W)`` window units (:func:`calibration_maps`).
         reference: the calibration split's maps (``(m, H, W)``), for the reliability curve only.
         ae: ``(n, H, W)`` the model's autoencoder reconstruction of ``maps.hr`` in [0, 1].
@@ -130,7 +132,7 @@ def assess_maps(calibration: Calibration, maps: CalibrationMaps, reference: Cali
     ae = np.asarray(ae, dtype=np.float64)
     if not (sr.shape == hr.shape == ae.shape == maps.std.shape == maps.consistency.shape):
         raise ValueError(f"the maps differ in shape: sr {sr.shape}, hr {hr.shape}, ae {ae.shape}")
-    width = heuristic_width(maps.std, maps.consistency, calibration.floor)
+    width = maps_width(maps, calibration.heuristic, calibration.floor)
     half = calibration.lam * width  # float64: the same comparison as the calibration's scores
     foreground = hr > calibration.foreground_level  # the pixels the calibration counts
     analysis = hallucination_maps(sr, hr, ae, k=k)  # the anatomy, holes filled (the hallucination rule)
@@ -150,15 +152,16 @@ def assess_maps(calibration: Calibration, maps: CalibrationMaps, reference: Cali
         masks[name] = mask
 
     scores = [normalised_errors(s, h, w, m) for s, h, w, m in zip(sr, hr, width, foreground)]
-    reference_width = heuristic_width(reference.std, reference.consistency, calibration.floor)
+    reference_width = maps_width(reference, calibration.heuristic, calibration.floor)
     reference_scores = [normalised_errors(s, h, w, h > calibration.foreground_level)
                         for s, h, w in zip(reference.sr.astype(np.float64), reference.hr.astype(np.float64),
                                            reference_width)]
     levels = sorted({round(float(level), 6) for level in levels} | {round(calibration.nominal, 6)})
-    curve = reliability_curve(reference_scores, scores, levels, calibration.delta)
+    curve = reliability_curve(reference_scores, scores, levels, calibration.delta, method=calibration.method)
     refitted = next(point.lam for point in curve if point.nominal == round(calibration.nominal, 6))
 
-    score_maps = dict(zip(SCORES, (half, maps.std.astype(np.float64), maps.consistency.astype(np.float64))))
+    score_maps = dict(zip(SCORES, (half, maps.std.astype(np.float64), maps.consistency.astype(np.float64),
+                                   structure_map(sr))))
     auroc: dict[str, Any] = {}
     for target, positives, counted in (("flagged", flagged, analysed), ("hallucinated", hallucinated, analysed & ~lost),
                                        ("lost", lost, analysed & ~hallucinated)):
@@ -205,6 +208,7 @@ def assess_maps(calibration: Calibration, maps: CalibrationMaps, reference: Cali
         },
         "auroc": auroc,
         "reliability": {
+            "method": calibration.method,
             "delta": calibration.delta,
             "calibration_images": len(reference.ids),
             "refitted_lam": _number(refitted),
@@ -302,8 +306,8 @@ def assess_calibration(model_folder: str | os.PathLike, dataset_dir: str | os.Pa
     notes = [f"regions: the dataset carries no segmentation, so coverage and width are reported in the anatomy "
              f"(foreground: true image above {calibration.foreground_level:g} of the window, the pixels the "
              f"calibration counts) and the background, and in the pixels the hallucination rule flags",
-             "the calibrated half-width ranks pixels as sqrt(std^2 + consistency^2) does (lam and the floor do not "
-             "change a ranking), so its AUROC is that heuristic's"]
+             f"the calibrated half-width is lam * ({calibration.heuristic}); lam and the floor do not change a "
+             "ranking, so its AUROC is that of the spread under the square root"]
     if samples == 1:
         notes.append("K = 1: the std is zero everywhere, so its AUROC is 0.5 (all ties)")
     recorded = (calibration.samples, calibration.steps, calibration.seed,
@@ -355,11 +359,13 @@ def assessment_markdown(summary: Mapping[str, Any]) -> str:
     c = summary["calibration"]
     nominal = summary["nominal"]
     sampling = summary["sampling"]
+    rcps = c.get("method") == METHOD_RCPS
+    how = f"{c.get('method')}, alpha {c['alpha']:g}" + (f", delta {c['delta']:g}" if rcps else "")
     lines = [
         f"# Calibration assessment: {Path(summary['model']).name} on the {summary['split']} split "
         f"(n = {summary['images']} slices)", "",
-        f"Stored calibration: lam = {c['lam']:.4g}, nominal coverage 1 - alpha = {nominal:.3f} (alpha {c['alpha']:g}, "
-        f"delta {c['delta']:g}), fitted on {c['images']} {c['split']} slices of {c['dataset'] or 'a dataset'}. "
+        f"Stored calibration: lam = {c['lam']:.4g}, nominal coverage 1 - alpha = {nominal:.3f} ({how}; width "
+        f"lam * ({c.get('heuristic')})), fitted on {c['images']} {c['split']} slices of {c['dataset'] or 'a dataset'}. "
         f"Assessed on {summary['images']} {summary['split']} slices of {Path(summary['dataset']).name} with K = "
         f"{sampling['samples']}, {sampling['steps']} {sampling['sampler']} steps, seed {sampling['seed']}, data "
         f"consistency {'on' if sampling['data_consistency'] else 'off'}. Widths in the intensity window's [0, 1].", "",
@@ -369,7 +375,7 @@ def assessment_markdown(summary: Mapping[str, Any]) -> str:
     ]
     cov = summary["coverage"]
     fg = summary["regions"]["foreground"]
-    lines.append(f"| foreground, mean over slices (what the bound controls) | {cov['images']} slices | "
+    lines.append(f"| foreground, mean over slices (what the calibration controls) | {cov['images']} slices | "
                  f"{_f(cov['mean_over_images'])} | {_pp(cov['mean_over_images'], nominal)} | "
                  f"{_f(fg['mean_half_width'], 4)} |")
     labels = {"foreground": "foreground (anatomy), pooled", "background": "background",
@@ -393,8 +399,9 @@ def assessment_markdown(summary: Mapping[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     names = {"calibrated_half_width": "calibrated half-width", "std": f"raw std (K = {sampling['samples']})",
-             "consistency": "consistency \\|A(SR) - LR\\|"}  # escaped: a bare | splits a table cell
-    for score in SCORES:
+             "consistency": "consistency \\|A(SR) - LR\\|",  # escaped: a bare | splits a table cell
+             "structure": "SR structure (edge strength)"}
+    for score in (name for name in SCORES if name in auroc["flagged"]):
         per = auroc["flagged"][score]
         lines.append(f"| {names[score]} | " + " | ".join(_f(auroc[t][score]["pooled"]) for t in TARGETS)
                      + f" | {_f(per['per_slice_mean'])} ({per['slices']}) |")
@@ -402,7 +409,9 @@ def assessment_markdown(summary: Mapping[str, Any]) -> str:
     lines += [
         "", "## Reliability", "",
         f"lam refitted on {reliability['calibration_images']} {summary['calibration_split']} slices for each level "
-        f"(Hoeffding-Bentkus, delta {reliability['delta']:g}; n/a: too few slices to certify it) and in the large-n "
+        + (f"(Hoeffding-Bentkus, delta {reliability['delta']:g}; n/a: too few slices to certify it)" if rcps else
+           "(conformal risk control; n/a: too few slices)")
+        + " and in the large-n "
         f"limit (mean risk = alpha, no margin); coverage: mean over the {summary['split']} slices. At the stored "
         f"level the refit gives lam = {_f(reliability['refitted_lam'], 4)}.", "",
         "| nominal | lam | coverage | vs nominal (pp) | lam, large-n | coverage, large-n | vs nominal (pp) |",
@@ -418,7 +427,7 @@ def assessment_markdown(summary: Mapping[str, Any]) -> str:
 
 def save_reliability_figure(summary: Mapping[str, Any], path: str | os.PathLike, dpi: int = 100) -> Path:
     """Nominal against empirical coverage with the diagonal (written atomically as PNG): the
-    certified ``lam`` per level, the large-n ``lam``, and the stored calibration."""
+    calibration method's ``lam`` per level, the large-n ``lam``, and the stored calibration."""
     points = summary["reliability"]["points"]
     nominal = np.array([p["nominal"] for p in points])
 
@@ -429,8 +438,9 @@ def save_reliability_figure(summary: Mapping[str, Any], path: str | os.PathLike,
     ax = fig.subplots()
     low = float(min(nominal.min(), np.nanmin(np.r_[column("coverage_point"), column("coverage"), 1.0]))) - 0.03
     ax.plot([low, 1], [low, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
+    rcps = summary["reliability"].get("method", METHOD_RCPS) == METHOD_RCPS
     ax.plot(nominal, column("coverage"), "o-", color="#b2182b",
-            label=f"certified (delta {summary['reliability']['delta']:g})")
+            label=f"certified (delta {summary['reliability']['delta']:g})" if rcps else "conformal risk control")
     ax.plot(nominal, column("coverage_point"), "s--", color="#2166ac", markersize=4, label="large-n lam (no margin)")
     stored = summary["coverage"]["mean_over_images"]
     if stored is not None:

@@ -47,6 +47,7 @@ from LatentSRLib.errors import InputError, LatentSRError
 from LatentSRLib.io import MedicalImage, check_pixels
 from LatentSRLib.model.folder import SRModel
 from LatentSRLib.inference.intervals import calibration_review, calibration_summary, interval_maps, model_calibration
+from LatentSRLib.metrics.calibration import structure_map
 from LatentSRLib.inference.review import reference_review
 from LatentSRLib.model.sampling import SamplingSettings, sample_sr
 from LatentSRLib.transforms.consistency import consistency_map, data_consistent
@@ -442,19 +443,22 @@ def super_resolve_volume(
         result.bicubic = out_grid.with_array((layout.assemble(lr_fine) * width + window.lower).astype(np.float32),
                                              latentsr_output="bicubic up-sampling of the input", **as_float)
     _calibrate(result, calibration, settings, tolerance, out_grid, window, layout.assemble(std_slices),
-               layout.assemble(consistency_slices), layout.assemble(sr_slices), reference, mask)
+               layout.assemble(consistency_slices), layout.assemble(sr_slices), reference, mask,
+               _structure(calibration, sr_slices, layout.assemble))
     return result
 
 
 def _calibrate(result: VolumeResult, calibration, settings: SRSettings, tolerance: float | None,
                out_grid: MedicalImage, window: IntensityWindow, std: np.ndarray, consistency: np.ndarray,
-               sr: np.ndarray, reference: MedicalImage | None, mask: MedicalImage | None) -> None:
+               sr: np.ndarray, reference: MedicalImage | None, mask: MedicalImage | None,
+               structure: np.ndarray | None = None) -> None:
     """Add the calibrated ``interval`` (and ``trust``) maps and ``metrics["calibration"]`` to ``result``;
-    ``std``, ``consistency`` and ``sr`` are volumes on the SR grid in window units."""
+    ``std``, ``consistency``, ``sr`` and ``structure`` are volumes on the SR grid in window units."""
     width = float(window.upper - window.lower)
     half = None
     if calibration is not None:
-        half, result.interval, result.trust = interval_maps(calibration, out_grid, std, consistency, width, tolerance)
+        half, result.interval, result.trust = interval_maps(calibration, out_grid, std, consistency, width, tolerance,
+                                                            structure)
     entry, warnings = calibration_summary(calibration, samples=settings.samples,
                                           data_consistency=settings.data_consistency, tolerance=tolerance,
                                           trust=result.trust)
@@ -463,6 +467,15 @@ def _calibrate(result: VolumeResult, calibration, settings: SRSettings, toleranc
         entry.update(calibration_review(calibration, sr, hr, half, width, None if mask is None else mask.array))
     result.metrics["calibration"] = entry
     result.metrics.setdefault("warnings", []).extend(warnings)
+
+
+def _structure(calibration, sr_slices: np.ndarray, assemble: Callable[[np.ndarray], np.ndarray]) -> np.ndarray | None:
+    """The calibration's structure term on the SR grid: the SR's edge strength computed slice by slice
+    in the plane the model worked in (as the calibration computed it), then assembled; None when the
+    model is uncalibrated or its heuristic has no structure term."""
+    if calibration is None or not calibration.uses_structure:
+        return None
+    return assemble(structure_map(sr_slices).astype(np.float32))
 
 
 def _sample_slices(model: SRModel, lr_fine: np.ndarray, settings: SRSettings, device: torch.device, grid: ModelGrid,
@@ -770,5 +783,5 @@ def _through_plane(model: SRModel, image: MedicalImage, *, plane: str, settings:
             latentsr_output="interpolation of the input along the thick axis", **as_float)
     _calibrate(result, calibration, settings, tolerance, out_grid, window, uncertainty,
                _assemble_thick(fused_layout, disagreement, axis), _assemble_thick(fused_layout, sr_slices, axis),
-               reference, mask)
+               reference, mask, _structure(calibration, sr_slices, lambda s: _assemble_thick(fused_layout, s, axis)))
     return result

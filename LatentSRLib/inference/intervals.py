@@ -2,9 +2,9 @@
 ``calibration`` entry of ``metrics.json``.
 
 A model calibrated by ``latentsr calibrate`` (:mod:`LatentSRLib.evaluation.calibration`) carries a
-``calibration.json``; its half-width ``lam * heuristic_width(std, consistency)``
-(:mod:`LatentSRLib.metrics.calibration`) is computed here from the engine's std and consistency maps
-in the window's [0, 1] units and converted to the input's intensity units by the window's width
+``calibration.json``; its half-width ``lam * heuristic_width(std, consistency, structure)``
+(:mod:`LatentSRLib.metrics.calibration`) is computed here from the engine's std, consistency and
+SR structure maps in the window's [0, 1] units and converted to the input's intensity units by the window's width
 alone (a width: no offset). With a reference, the coverage of the intervals (foreground pixels of
 the truth, as calibrated) and their mean half-width are reported beside the nominal ``1 - alpha``,
 and per mask label when a mask is given.
@@ -42,7 +42,7 @@ def model_calibration(model, tolerance: float | None = None) -> Calibration | No
 
 
 def interval_maps(calibration: Calibration, out_grid: MedicalImage, std: np.ndarray, consistency: np.ndarray,
-                  window_width: float, tolerance: float | None = None
+                  window_width: float, tolerance: float | None = None, structure: np.ndarray | None = None
                   ) -> tuple[np.ndarray, MedicalImage, MedicalImage | None]:
     """The half-width map (and, with ``tolerance``, the trust map) of a volume.
 
@@ -52,12 +52,14 @@ def interval_maps(calibration: Calibration, out_grid: MedicalImage, std: np.ndar
         std, consistency: the engine's maps on that grid (``out_grid.shape``), window units.
         window_width: ``upper - lower`` of the intensity window (intensity units per window unit).
         tolerance: >= 0, intensity units.
+        structure: the SR's structure map on that grid (window units), computed slice by slice in the
+            plane the model worked in; needed when ``calibration.uses_structure``.
 
     Returns:
         ``(half_width in window units, interval image in intensity units, trust image or None)``;
         trust is uint8, 1 where the half-width is at most ``tolerance``.
     """
-    half = calibration.half_width(std, consistency)
+    half = calibration.half_width(std, consistency, structure=structure)
     interval = out_grid.with_array((half * float(window_width)).astype(np.float32),
                                    latentsr_output=f"calibrated interval half-width (SR +- it holds the truth with "
                                    f"risk {calibration.alpha:g})", source_dtype="float32")
@@ -79,6 +81,7 @@ def calibration_summary(calibration: Calibration | None, *, samples: int, data_c
     entry: dict[str, Any] = {
         "method": calibration.method, "heuristic": calibration.heuristic, "lam": calibration.lam,
         "alpha": calibration.alpha, "delta": calibration.delta, "nominal": calibration.nominal,
+        "guarantee": calibration.guarantee,
         "calibrated_on": {"dataset": calibration.dataset, "split": calibration.split, "images": calibration.images,
                           "samples": calibration.samples, "steps": calibration.steps},
     }

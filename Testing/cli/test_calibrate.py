@@ -31,20 +31,30 @@ def test_calibrate_on_real_slices_writes_calibration_json(setup, tmp_path, capsy
     model = tmp_path / "model"
     shutil.copytree(model_folder, model)
     capsys.readouterr()
-    assert main(["calibrate", str(model), "--dataset", str(dataset), "--alpha", "0.2", "--delta", "0.2",
-                 "--samples", "2", "--steps", "1", "--device", "cpu"]) == 0
+    assert main(["calibrate", str(model), "--dataset", str(dataset), "--alpha", "0.2", "--method", "rcps",
+                 "--delta", "0.2", "--samples", "2", "--steps", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     recorded = json.loads((model / "calibration.json").read_text())
     assert recorded["images"] == 24 and recorded["split"] == "val" and recorded["dataset"] == "brats"
     assert (recorded["samples"], recorded["steps"], recorded["alpha"], recorded["delta"]) == (2, 1, 0.2, 0.2)
+    assert recorded["method"] == "rcps-hoeffding-bentkus"
     assert f"coverage {recorded['coverage']:.3f} (nominal 0.80)" in out
-    assert f"mean half-width {recorded['mean_half_width']:.4f}" in out
+    assert f"mean half-width {recorded['mean_half_width']:.4f}" in out and "with confidence 0.8" in out
     assert recorded["coverage"] >= 0.8
+    rcps_lam = recorded["lam"]
+    # the default: conformal risk control, no delta, a smaller lam on the same maps (no confidence margin)
+    assert main(["calibrate", str(model), "--dataset", str(dataset), "--alpha", "0.2", "--samples", "2",
+                 "--steps", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    recorded = json.loads((model / "calibration.json").read_text())
+    assert (recorded["method"], recorded["delta"]) == ("conformal-risk-control", None)
+    assert recorded["lam"] < rcps_lam and "(conformal risk control)" in out
 
 
 @pytest.mark.parametrize(("argv", "says"), [
     (["--alpha", "0"], "--alpha must lie strictly between 0 and 1"),
-    (["--delta", "1"], "--delta must lie strictly between 0 and 1"),
+    (["--method", "rcps", "--delta", "1"], "--delta must lie strictly between 0 and 1"),
+    (["--delta", "0.1"], "--delta is for --method rcps"),
 ])
 def test_levels_outside_zero_one_are_refused(setup, argv, says, capsys):
     model_folder, root = setup
@@ -70,3 +80,10 @@ def test_refusals_come_in_one_line_before_torch_is_imported(setup, tmp_path):
     assert "missing-model: no such model folder" in lines[0]
     assert "missing-dataset: no such dataset folder" in lines[1]
     assert "not-a-dataset: not a LatentSR dataset" in lines[2]
+
+
+def test_the_cli_names_the_library_methods():
+    from LatentSRLib.cli import calibrate as cli
+    from LatentSRLib.metrics.calibration import METHODS
+
+    assert tuple(METHODS) == cli.METHOD_NAMES  # named in the CLI so that parsing needs no numpy or scipy

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 from torchmetrics.functional.classification import binary_auroc
+from scipy import ndimage
 
 from LatentSRLib.cli import main
 from LatentSRLib.data.dataset import PreparedDataset
@@ -31,7 +32,7 @@ from LatentSRLib.evaluation.calibration_assessment import (
     autoencoder_reconstructions,
 )
 from LatentSRLib.io import MedicalImage, write_image
-from LatentSRLib.metrics.calibration import Calibration, heuristic_width
+from LatentSRLib.metrics.calibration import HEURISTIC_V1, METHOD_RCPS, Calibration, heuristic_width
 from LatentSRLib.metrics.hallucination import hallucination_maps
 from LatentSRLib.model.folder import load_sr_model
 from conftest import make_tiny_sr_model
@@ -60,7 +61,9 @@ def hand_made_maps(seed: int, images: int = 24, size: int = 16):
 def test_coverage_counts_the_foreground_and_the_auroc_points_the_right_way():
     maps, ae, off, sign = hand_made_maps(0)
     reference, _, _, _ = hand_made_maps(1, images=40)
-    calibration = Calibration(lam=1.0, alpha=0.1, delta=0.1, samples=2, split="val", images=40)
+    # the hand-made errors are spikes: the V1 width (no structure term) keeps the arithmetic below plain
+    calibration = Calibration(lam=1.0, alpha=0.1, delta=0.1, samples=2, split="val", images=40,
+                              heuristic=HEURISTIC_V1, method=METHOD_RCPS)
     tumour = np.zeros(maps.hr.shape, bool)
     tumour[:, 4:8, 2:6] = True
     summary = assess_maps(calibration, maps, reference, ae, levels=(0.5, 0.8), regions={"tumour": tumour})
@@ -91,13 +94,16 @@ def test_coverage_counts_the_foreground_and_the_auroc_points_the_right_way():
         assert auroc[target]["std"]["pooled"] == 1.0
         assert auroc[target]["calibrated_half_width"]["pooled"] == 1.0
         assert auroc[target]["consistency"]["pooled"] == 0.0  # high where nothing is wrong: a backwards score
+        assert auroc[target]["structure"]["pooled"] > 0.7  # an isolated spike is an edge in the SR
     assert auroc["flagged"]["positives"] == off.sum() and auroc["flagged"]["pixels"] == anatomy.sum()
     assert auroc["flagged"]["std"]["per_slice_mean"] == 1.0 and auroc["flagged"]["std"]["slices"] == 24
 
     # the reliability curve refits the stored level on the reference maps as `latentsr calibrate` would
     reliability = summary["reliability"]
     assert [p["nominal"] for p in reliability["points"]] == [0.5, 0.8, 0.9]  # the stored level is added
-    assert reliability["refitted_lam"] == calibrate_maps(reference, alpha=0.1, delta=0.1)[0]
+    assert reliability["refitted_lam"] == calibrate_maps(reference, alpha=0.1, delta=0.1, method=METHOD_RCPS,
+                                                         heuristic=HEURISTIC_V1)[0]
+    assert reliability["method"] == METHOD_RCPS
     assert reliability["calibration_images"] == 40
     json.dumps(summary, allow_nan=False)  # strict JSON: nothing to measure is null, not NaN
 
@@ -122,7 +128,7 @@ def calibrated(tmp_path_factory):
     assert main(["prepare", *inputs, "-o", str(root / "dataset"), "--task", "sr4", "--size", "64",
                  "--val", "s1", "--test", "s2"]) == 0
     model = make_tiny_sr_model(root, grid=64)
-    calibrate_model(model, root / "dataset", alpha=0.1, delta=0.1, samples=2, steps=2, seed=1, device="cpu")
+    calibrate_model(model, root / "dataset", alpha=0.1, samples=2, steps=2, seed=1, device="cpu")
     return model, root / "dataset"
 
 
@@ -147,8 +153,10 @@ def test_assessment_on_the_test_split_matches_a_recomputation(calibrated, tmp_pa
     # recompute from the model's own maps on the test slices, with the recorded sampling
     model = load_sr_model(model_folder)
     maps = calibration_maps(model, dataset, "test", samples=2, steps=2, seed=1, limit=12)
-    half = calibration.lam * (np.sqrt(maps.std.astype(float) ** 2 + maps.consistency.astype(float) ** 2)
-                              + calibration.floor)
+    structure = np.stack([ndimage.maximum_filter(np.hypot(ndimage.sobel(image, 0), ndimage.sobel(image, 1)) / 8, 3)
+                          for image in maps.sr.astype(np.float64)])  # the structure term, slice by slice
+    half = calibration.lam * (np.sqrt(maps.std.astype(float) ** 2 + maps.consistency.astype(float) ** 2
+                                      + structure ** 2) + calibration.floor)
     inside = np.abs(maps.hr.astype(float) - maps.sr) <= half
     foreground = maps.hr > calibration.foreground_level
     per_image = (inside & foreground).sum(axis=(1, 2)) / foreground.sum(axis=(1, 2))
@@ -159,7 +167,7 @@ def test_assessment_on_the_test_split_matches_a_recomputation(calibrated, tmp_pa
     flagged = np.stack([r.labels for r in analysis]) != 0
     region = np.stack([r.foreground for r in analysis])
     assert flagged.any() and summary["auroc"]["flagged"]["positives"] == flagged.sum()
-    for name, score in (("calibrated_half_width", half), ("std", maps.std)):
+    for name, score in (("calibrated_half_width", half), ("std", maps.std), ("structure", structure)):
         expected = binary_auroc(torch.from_numpy(np.asarray(score, np.float64)[region]),
                                 torch.from_numpy(flagged[region]).long())
         assert summary["auroc"]["flagged"][name]["pooled"] == pytest.approx(float(expected), abs=1e-6)
@@ -219,7 +227,8 @@ def test_cli_assess_writes_the_report_and_refuses_in_one_line(calibrated, tmp_pa
                        (["--assess", "train", "--split", "train", "-o", str(tmp_path / "r")], "--assess train"),
                        (["--assess", "test"], "--assess needs -o/--output"),
                        (["-o", str(tmp_path / "r")], "-o/--output is for --assess"),
-                       (["--assess", "test", "-o", str(tmp_path / "r"), "--alpha", "0.2"], "--alpha is for calibrating")):
+                       (["--assess", "test", "-o", str(tmp_path / "r"), "--alpha", "0.2"], "--alpha is for calibrating"),
+                       (["--assess", "test", "-o", str(tmp_path / "r"), "--method", "rcps"], "--method is for calibrating")):
         assert main(base + argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err

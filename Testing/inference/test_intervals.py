@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from LatentSRLib.cli import main
 from LatentSRLib.errors import InputError
@@ -61,12 +62,17 @@ def test_a_calibrated_model_writes_interval_and_trust_and_reports_coverage(model
     sr, truth = read_image(out / "sr.nii.gz"), read_image(scan)
     interval, trust = read_image(out / "interval.nii.gz"), read_image(out / "trust.nii.gz")
     assert interval.has_same_geometry(sr) and trust.has_same_geometry(sr)
-    # the half-width, recomputed from the written std and consistency maps (all in intensity units):
-    # lam * (sqrt(std^2 + consistency^2) + floor * window width), a width scaled by the window, no offset
+    # the half-width, recomputed from the written std, consistency and SR (all in intensity units):
+    # lam * (sqrt(std^2 + consistency^2 + structure^2) + floor * window width), a width scaled by the window,
+    # no offset; structure: each axial slice's Sobel magnitude / 8, maximum over 3 x 3 (linear in intensity)
     lower, upper = metrics["window"]["lower"], metrics["window"]["upper"]
     std, consistency = read_image(out / "uncertainty.nii.gz").array, read_image(out / "consistency.nii.gz").array
-    expected = CALIBRATION.lam * (np.hypot(std.astype(float), consistency) + CALIBRATION.floor * (upper - lower))
-    np.testing.assert_allclose(interval.array, expected, rtol=1e-4, atol=1e-3)
+    structure = np.stack([ndimage.maximum_filter(np.hypot(ndimage.sobel(image, 0), ndimage.sobel(image, 1)) / 8, 3)
+                          for image in sr.array.astype(np.float64)])
+    spread = np.sqrt(std.astype(float) ** 2 + consistency.astype(float) ** 2 + structure ** 2)
+    expected = CALIBRATION.lam * (spread + CALIBRATION.floor * (upper - lower))
+    # (the SR is written in the scan's integer type: its rounding moves the recomputed structure by < 0.5)
+    np.testing.assert_allclose(interval.array, expected, rtol=1e-3, atol=0.5)
     assert trust.array.dtype == np.uint8
     np.testing.assert_array_equal(trust.array, (interval.array <= tolerance).astype(np.uint8))
 

@@ -181,17 +181,22 @@ def calibration_block(assessment: dict[str, Any]) -> str:
     else:  # one sample has no spread: the std is 0 everywhere and cannot rank pixels, so there is nothing to beat
         std_cell = "no raw std at K = 1, "
         auroc_verdict = ("met" if width >= 0.75 else "**not met**") + " (>= 0.75; the std part needs K > 1)"
+    method = cal.get("method", "rcps-hoeffding-bentkus")
+    how = f"{method}, alpha {cal['alpha']}" + (f", delta {cal['delta']}" if cal.get("delta") is not None else "")
+    extra = ""
+    if "structure" in auroc:
+        extra = f", SR structure {auroc['structure']['pooled']:.3f}"
     return "\n".join([
         f"Calibrated on {cal['images']} {cal['split']} images of `{cal['dataset']}` (K = {cal['samples']}, {cal['steps']} "
         f"step(s), data consistency {'on' if assessment['sampling']['data_consistency'] else 'off'}; lam = {cal['lam']:.3f}, "
-        f"alpha {cal['alpha']}, delta {cal['delta']}) and assessed on {assessment['images']} {assessment['split']} images "
-        "(`results/calibration_assessment/`):", "",
+        f"{how}; width lam * ({cal.get('heuristic', 'sqrt(std^2 + consistency^2) + floor')})) and assessed on "
+        f"{assessment['images']} {assessment['split']} images (`results/calibration_assessment/`):", "",
         "| target | measured | |", "| --- | --- | --- |",
         f"| coverage within 2 pp of nominal {nominal:.2f} | {cov['mean_over_images']:.3f} "
         f"({100 * (cov['mean_over_images'] - nominal):+.1f} pp; min over images {cov['min_over_images']:.3f}) | "
         f"{'met' if within else '**not met**'} |",
         f"| AUROC of the calibrated width for hallucinated pixels >= 0.75 and above the raw std's | {width:.3f} "
-        f"({std_cell}consistency {auroc['consistency']['pooled']:.3f}) | {auroc_verdict} |",
+        f"({std_cell}consistency {auroc['consistency']['pooled']:.3f}{extra}) | {auroc_verdict} |",
     ])
 
 
