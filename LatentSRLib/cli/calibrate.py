@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import argparse
 
-from LatentSRLib.cli.options import fraction, non_negative_int, positive_int, progress_bar
+from LatentSRLib.cli.options import fraction, non_negative_float, non_negative_int, positive_int, progress_bar
 
 
 #: ``LatentSRLib.evaluation.calibration_assessment.ASSESSMENT_FILE``, named here so that the output
 #: folder is checked before torch is imported (a test keeps the two equal)
 ASSESSMENT_FILE = "calibration_assessment.json"
 #: the defaults when calibrating (with --assess, None means "as recorded in calibration.json")
-CALIBRATE_DEFAULTS = {"split": "val", "alpha": 0.1, "method": "crc", "samples": 1, "seed": 0, "data_consistency": True}
+CALIBRATE_DEFAULTS = {"split": "val", "alpha": 0.1, "method": "crc", "samples": 1, "seed": 0, "data_consistency": True,
+                      "structure_weight": 0.25}
 #: ``LatentSRLib.metrics.calibration.METHODS``' keys, named here for the same reason (a test keeps them equal)
 METHOD_NAMES = ("crc", "rcps")
 
@@ -24,8 +25,8 @@ def register(subparsers) -> None:
         "or assess a stored calibration on held-out slices (--assess)",
         description="Super-resolve the slices of one split of DATASET_DIR (written by latentsr prepare, the model's "
         "task and grid) and find the smallest lam such that the intervals SR +- lam * (sqrt(std^2 + consistency^2 + "
-        "structure^2) + floor) leave, in expectation, at most a fraction alpha of a new image's foreground pixels "
-        "outside (structure: the SR's local edge strength). --method crc (default): conformal risk control "
+        "(w * structure)^2) + floor) leave, in expectation, at most a fraction alpha of a new image's foreground pixels "
+        "outside (structure: the SR's local edge strength, w its weight). --method crc (default): conformal risk control "
         "(Angelopoulos et al., ICLR 2024), tight: the coverage lands near 1 - alpha. --method rcps: risk-controlling "
         "prediction sets with the Hoeffding-Bentkus bound (Angelopoulos et al., ICML 2022), the same statement with "
         "probability at least 1 - delta over calibration sets, at the price of wider intervals. Writes "
@@ -62,6 +63,8 @@ def register(subparsers) -> None:
                         help="calibrate the SR after the data-consistency projection, as latentsr sr outputs it by "
                         "default (--no-data-consistency: for latentsr sr --no-data-consistency; with --assess: "
                         "default the calibration's)")
+    parser.add_argument("--structure-weight", type=non_negative_float, default=None, metavar="W",
+                        help="weight of the SR's edge strength in the interval width (default 0.25; 0: none)")
     parser.add_argument("--assess", choices=("train", "val", "test"), default=None, metavar="SPLIT",
                         help="assess the stored calibration on this split (train, val or test; test is the one to "
                         "use) instead of calibrating; needs -o")
@@ -129,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar("calibrating") as advance:
         calibration = calibrate_model(args.model, dataset, split=args.split, alpha=args.alpha, delta=args.delta,
                                       method=METHODS[args.method], samples=args.samples, steps=args.steps, device=args.device, limit=args.limit,
-                                      seed=args.seed, data_consistency=args.data_consistency, progress=advance)
+                                      seed=args.seed, data_consistency=args.data_consistency,
+                                      structure_weight=args.structure_weight, progress=advance)
     print(f"lam {calibration.lam:.4g} on {calibration.images} {calibration.split} slices (K = {calibration.samples}, "
           f"{calibration.steps} steps): coverage {calibration.coverage:.3f} (nominal {calibration.nominal:.2f}), "
           f"mean half-width {calibration.mean_half_width:.4f} of the intensity window")
@@ -145,7 +149,7 @@ def _assess(args: argparse.Namespace, dataset) -> int:
     from LatentSRLib.errors import InputError
     from LatentSRLib.io.atomic import check_results_folder
 
-    for name in ("alpha", "delta", "method"):
+    for name in ("alpha", "delta", "method", "structure_weight"):
         if getattr(args, name) is not None:
             raise InputError(f"--{name} is for calibrating; --assess uses the stored calibration's")
     if args.output is None:

@@ -30,6 +30,7 @@ from LatentSRLib.data.dataset import SPLITS, PreparedDataset
 from LatentSRLib.errors import InputError
 from LatentSRLib.metrics.calibration import (
     DEFAULT_FLOOR,
+    DEFAULT_STRUCTURE_WEIGHT,
     FOREGROUND_LEVEL,
     HEURISTIC,
     METHOD,
@@ -128,14 +129,16 @@ def calibration_maps(model: SRModel, dataset: PreparedDataset, split: str = "val
     return CalibrationMaps([item["id"] for item in items], **out)
 
 
-def maps_width(maps: CalibrationMaps, heuristic: str = HEURISTIC, floor: float = DEFAULT_FLOOR) -> np.ndarray:
+def maps_width(maps: CalibrationMaps, heuristic: str = HEURISTIC, floor: float = DEFAULT_FLOOR,
+               structure_weight: float = DEFAULT_STRUCTURE_WEIGHT) -> np.ndarray:
     """The heuristic width of each slice of ``maps``: ``(n, H, W)`` float64, window units (the
     structure term from each slice's SR, in its own plane)."""
-    return named_width(heuristic, maps.std, maps.consistency, maps.sr, floor)
+    return named_width(heuristic, maps.std, maps.consistency, maps.sr, floor, structure_weight=structure_weight)
 
 
 def calibrate_maps(maps: CalibrationMaps, *, alpha: float = 0.1, delta: float | None = None, method: str = METHOD,
                    floor: float = DEFAULT_FLOOR, heuristic: str = HEURISTIC,
+                   structure_weight: float = DEFAULT_STRUCTURE_WEIGHT,
                    foreground_level: float = FOREGROUND_LEVEL) -> tuple[float, float, float]:
     """The calibrated ``lam`` of the maps, with the coverage and mean half-width it gives on them
     (foreground pixels pooled, window units).
@@ -145,13 +148,13 @@ def calibrate_maps(maps: CalibrationMaps, *, alpha: float = 0.1, delta: float | 
         alpha: the risk level.
         delta: 1 - the confidence (``rcps`` only).
         method: :data:`~LatentSRLib.metrics.calibration.METHOD_CRC` or ``METHOD_RCPS``.
-        floor, heuristic: the width's floor and formula.
+        floor, heuristic, structure_weight: the width's floor, formula and structure weight.
         foreground_level: pixels of the truth above it count.
 
     Raises:
         ValueError: too few slices to control ``alpha`` by ``method``.
     """
-    widths = maps_width(maps, heuristic, floor)
+    widths = maps_width(maps, heuristic, floor, structure_weight)
     masks = maps.hr > foreground_level  # the truth's anatomy, not the empty field of view
     scores = [normalised_errors(sr, hr, w, m) for sr, hr, w, m in zip(maps.sr, maps.hr, widths, masks)]
     grid = lambda_grid(scores)
@@ -164,7 +167,8 @@ def calibrate_model(model_folder: str | os.PathLike, dataset_dir: str | os.PathL
                     alpha: float = 0.1, delta: float | None = None, method: str = METHOD, samples: int = 1,
                     steps: int | None = None,
                     device: str = "auto", limit: int | None = None, seed: int = 0, data_consistency: bool = False,
-                    floor: float = DEFAULT_FLOOR, progress: ProgressCallback | None = None) -> Calibration:
+                    floor: float = DEFAULT_FLOOR, structure_weight: float = DEFAULT_STRUCTURE_WEIGHT,
+                    progress: ProgressCallback | None = None) -> Calibration:
     """Calibrate ``model_folder``'s intervals on ``split`` of ``dataset_dir`` and write its ``calibration.json``.
 
     Args:
@@ -182,6 +186,7 @@ def calibrate_model(model_folder: str | os.PathLike, dataset_dir: str | os.PathL
         seed: seed of the sampling noise.
         data_consistency: calibrate the SR after the data-consistency projection.
         floor: the heuristic's floor, window units.
+        structure_weight: >= 0, the weight of the heuristic's structure term (0: none).
         progress: called with (fraction done, message).
 
     Returns:
@@ -200,6 +205,8 @@ def calibrate_model(model_folder: str | os.PathLike, dataset_dir: str | os.PathL
     if method != METHOD_RCPS and delta is not None:
         raise InputError("delta is for risk-controlling prediction sets (--method rcps); conformal risk control "
                          "controls the expected risk, with no confidence level")
+    if not structure_weight >= 0:
+        raise InputError(f"the structure weight must be >= 0, got {structure_weight}")
     if not (0 < alpha < 1 and (delta is None or 0 < delta < 1)):
         raise InputError(f"alpha and delta must lie strictly between 0 and 1 (got {alpha} and {delta})")
     dataset = PreparedDataset(dataset_dir)
@@ -212,13 +219,14 @@ def calibrate_model(model_folder: str | os.PathLike, dataset_dir: str | os.PathL
     maps = calibration_maps(model, dataset, split, samples=samples, steps=sampling.steps, seed=seed, limit=limit,
                             data_consistency=data_consistency, progress=progress)
     try:
-        lam, covered, width = calibrate_maps(maps, alpha=alpha, delta=delta, method=method, floor=floor)
+        lam, covered, width = calibrate_maps(maps, alpha=alpha, delta=delta, method=method, floor=floor,
+                                             structure_weight=structure_weight)
     except ValueError as exc:
         raise InputError(f"the {split} split ({len(maps.ids)} slices) is too small: {exc}", dataset_dir) from None
     calibration = Calibration(
         lam=lam, alpha=float(alpha), delta=None if delta is None else float(delta), samples=int(samples), split=split,
         images=len(maps.ids), dataset=dataset_dir.resolve().name, steps=sampling.steps, seed=int(seed),
-        floor=float(floor), method=method, heuristic=HEURISTIC,
+        floor=float(floor), method=method, heuristic=HEURISTIC, structure_weight=float(structure_weight),
         coverage=covered, mean_half_width=width,
         extra={"sampler": sampling.sampler, "data_consistency": bool(data_consistency), "limit": limit,
                "task": dataset.task.name, "units": "window [0, 1]; coverage over foreground pixels"},

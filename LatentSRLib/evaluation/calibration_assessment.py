@@ -132,7 +132,7 @@ def assess_maps(calibration: Calibration, maps: CalibrationMaps, reference: Cali
     ae = np.asarray(ae, dtype=np.float64)
     if not (sr.shape == hr.shape == ae.shape == maps.std.shape == maps.consistency.shape):
         raise ValueError(f"the maps differ in shape: sr {sr.shape}, hr {hr.shape}, ae {ae.shape}")
-    width = maps_width(maps, calibration.heuristic, calibration.floor)
+    width = maps_width(maps, calibration.heuristic, calibration.floor, calibration.structure_weight)
     half = calibration.lam * width  # float64: the same comparison as the calibration's scores
     foreground = hr > calibration.foreground_level  # the pixels the calibration counts
     analysis = hallucination_maps(sr, hr, ae, k=k)  # the anatomy, holes filled (the hallucination rule)
@@ -152,7 +152,7 @@ def assess_maps(calibration: Calibration, maps: CalibrationMaps, reference: Cali
         masks[name] = mask
 
     scores = [normalised_errors(s, h, w, m) for s, h, w, m in zip(sr, hr, width, foreground)]
-    reference_width = maps_width(reference, calibration.heuristic, calibration.floor)
+    reference_width = maps_width(reference, calibration.heuristic, calibration.floor, calibration.structure_weight)
     reference_scores = [normalised_errors(s, h, w, h > calibration.foreground_level)
                         for s, h, w in zip(reference.sr.astype(np.float64), reference.hr.astype(np.float64),
                                            reference_width)]
@@ -306,7 +306,8 @@ def assess_calibration(model_folder: str | os.PathLike, dataset_dir: str | os.Pa
     notes = [f"regions: the dataset carries no segmentation, so coverage and width are reported in the anatomy "
              f"(foreground: true image above {calibration.foreground_level:g} of the window, the pixels the "
              f"calibration counts) and the background, and in the pixels the hallucination rule flags",
-             f"the calibrated half-width is lam * ({calibration.heuristic}); lam and the floor do not change a "
+             f"the calibrated half-width is lam * ({calibration.heuristic}), structure weight "
+             f"{calibration.structure_weight:g}; lam and the floor do not change a "
              "ranking, so its AUROC is that of the spread under the square root"]
     if samples == 1:
         notes.append("K = 1: the std is zero everywhere, so its AUROC is 0.5 (all ties)")

@@ -47,7 +47,7 @@ def test_calibrate_on_real_slices_writes_calibration_json(setup, tmp_path, capsy
                  "--steps", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     recorded = json.loads((model / "calibration.json").read_text())
-    assert (recorded["method"], recorded["delta"]) == ("conformal-risk-control", None)
+    assert (recorded["method"], recorded["delta"], recorded["structure_weight"]) == ("conformal-risk-control", None, 0.25)
     assert recorded["lam"] < rcps_lam and "(conformal risk control)" in out
 
 
@@ -86,4 +86,7 @@ def test_the_cli_names_the_library_methods():
     from LatentSRLib.cli import calibrate as cli
     from LatentSRLib.metrics.calibration import METHODS
 
+    from LatentSRLib.metrics.calibration import DEFAULT_STRUCTURE_WEIGHT
+
     assert tuple(METHODS) == cli.METHOD_NAMES  # named in the CLI so that parsing needs no numpy or scipy
+    assert cli.CALIBRATE_DEFAULTS["structure_weight"] == DEFAULT_STRUCTURE_WEIGHT

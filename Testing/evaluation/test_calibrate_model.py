@@ -72,7 +72,7 @@ def risk_at(maps, calibration, structure: bool):
     foreground = maps.hr > calibration.foreground_level
     spread = maps.std.astype(float) ** 2 + maps.consistency.astype(float) ** 2
     if structure:
-        spread = spread + structure_by_slice(maps.sr) ** 2
+        spread = spread + (calibration.structure_weight * structure_by_slice(maps.sr)) ** 2
 
     def mean_risk(lam: float) -> float:
         width = lam * (np.sqrt(spread) + calibration.floor)
@@ -90,9 +90,9 @@ def test_calibrate_model_records_the_conformal_lambda(setup, tmp_path):
     recorded = json.loads((model / CALIBRATION_FILE).read_text())
     assert Calibration.load(model) == calibration
     assert {k: recorded[k] for k in ("split", "images", "dataset", "samples", "steps", "seed", "alpha", "delta",
-                                     "method", "heuristic")} == {
+                                     "method", "heuristic", "structure_weight")} == {
         "split": "val", "images": 28, "dataset": "dataset", "samples": 2, "steps": 2, "seed": 1, "alpha": 0.1,
-        "delta": None, "method": METHOD_CRC, "heuristic": HEURISTIC}
+        "delta": None, "method": METHOD_CRC, "heuristic": HEURISTIC, "structure_weight": 0.25}
     assert calibration.lam > 0
 
     # recompute the risk of every validation slice at lam directly from the model's maps

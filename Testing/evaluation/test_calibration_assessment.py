@@ -156,7 +156,7 @@ def test_assessment_on_the_test_split_matches_a_recomputation(calibrated, tmp_pa
     structure = np.stack([ndimage.maximum_filter(np.hypot(ndimage.sobel(image, 0), ndimage.sobel(image, 1)) / 8, 3)
                           for image in maps.sr.astype(np.float64)])  # the structure term, slice by slice
     half = calibration.lam * (np.sqrt(maps.std.astype(float) ** 2 + maps.consistency.astype(float) ** 2
-                                      + structure ** 2) + calibration.floor)
+                                      + (calibration.structure_weight * structure) ** 2) + calibration.floor)
     inside = np.abs(maps.hr.astype(float) - maps.sr) <= half
     foreground = maps.hr > calibration.foreground_level
     per_image = (inside & foreground).sum(axis=(1, 2)) / foreground.sum(axis=(1, 2))

@@ -19,8 +19,8 @@ from LatentSRLib.io import MedicalImage, read_image, write_image
 from LatentSRLib.metrics.calibration import Calibration
 from conftest import make_tiny_sr_model
 
-CALIBRATION = Calibration(lam=1.7, alpha=0.1, delta=0.1, samples=2, split="val", images=30, dataset="ds", steps=1,
-                          floor=0.02)
+CALIBRATION = Calibration(lam=1.7, alpha=0.1, delta=None, samples=2, split="val", images=30, dataset="ds", steps=1,
+                          floor=0.02, structure_weight=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +63,14 @@ def test_a_calibrated_model_writes_interval_and_trust_and_reports_coverage(model
     interval, trust = read_image(out / "interval.nii.gz"), read_image(out / "trust.nii.gz")
     assert interval.has_same_geometry(sr) and trust.has_same_geometry(sr)
     # the half-width, recomputed from the written std, consistency and SR (all in intensity units):
-    # lam * (sqrt(std^2 + consistency^2 + structure^2) + floor * window width), a width scaled by the window,
+    # lam * (sqrt(std^2 + consistency^2 + (w * structure)^2) + floor * window width), a width scaled by the window,
     # no offset; structure: each axial slice's Sobel magnitude / 8, maximum over 3 x 3 (linear in intensity)
     lower, upper = metrics["window"]["lower"], metrics["window"]["upper"]
     std, consistency = read_image(out / "uncertainty.nii.gz").array, read_image(out / "consistency.nii.gz").array
     structure = np.stack([ndimage.maximum_filter(np.hypot(ndimage.sobel(image, 0), ndimage.sobel(image, 1)) / 8, 3)
                           for image in sr.array.astype(np.float64)])
-    spread = np.sqrt(std.astype(float) ** 2 + consistency.astype(float) ** 2 + structure ** 2)
+    spread = np.sqrt(std.astype(float) ** 2 + consistency.astype(float) ** 2
+                     + (CALIBRATION.structure_weight * structure) ** 2)
     expected = CALIBRATION.lam * (spread + CALIBRATION.floor * (upper - lower))
     # (the SR is written in the scan's integer type: its rounding moves the recomputed structure by < 0.5)
     np.testing.assert_allclose(interval.array, expected, rtol=1e-3, atol=0.5)

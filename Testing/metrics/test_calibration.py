@@ -161,7 +161,7 @@ def test_calibration_round_trips_through_json(tmp_path):
 
 
 def test_the_default_record_is_conformal_with_the_structure_term(tmp_path):
-    record = Calibration(lam=2.0, alpha=0.1, delta=None, samples=1, split="val", images=30)
+    record = Calibration(lam=2.0, alpha=0.1, delta=None, samples=1, split="val", images=30, structure_weight=0.5)
     assert (record.method, record.heuristic, record.uses_structure) == (METHOD_CRC, HEURISTIC, True)
     record.save(tmp_path)
     assert Calibration.load(tmp_path) == record and "conformal risk control" in record.guarantee
@@ -169,21 +169,24 @@ def test_the_default_record_is_conformal_with_the_structure_term(tmp_path):
     sr[1, :, 4:] = 1.0  # a vertical step in the second slice only
     std, consistency = np.zeros_like(sr), np.full_like(sr, 0.1)
     half = record.half_width(std, consistency, sr)
-    # lam * (sqrt(0.1^2 + structure^2) + 0.05), structure 0 in the flat slice and 1/2 beside the step
+    # lam * (sqrt(0.1^2 + (0.5 * structure)^2) + 0.05), structure 0 in the flat slice and 1/2 beside the step
     np.testing.assert_allclose(half[0], 2.0 * 0.15, rtol=1e-6)
-    np.testing.assert_allclose(half[1, :, 2:6], 2.0 * (np.hypot(0.1, 0.5) + 0.05), rtol=1e-6)  # edge +- 1 pixel
+    np.testing.assert_allclose(half[1, :, 2:6], 2.0 * (np.hypot(0.1, 0.25) + 0.05), rtol=1e-6)  # edge +- 1 pixel
     np.testing.assert_allclose(half[1][:, [0, 1, 6, 7]], 2.0 * 0.15, rtol=1e-6)
     with pytest.raises(ValueError, match="needs the SR"):
         record.half_width(std, consistency)
     np.testing.assert_array_equal(record.half_width(std, consistency, structure=structure_map(sr)), half)
+    unweighted = Calibration(lam=2.0, alpha=0.1, delta=None, samples=1, split="val", images=30, structure_weight=0)
+    assert not unweighted.uses_structure
+    np.testing.assert_allclose(unweighted.half_width(std, consistency), 2.0 * 0.15, rtol=1e-6)
 
 
 def test_files_from_before_the_method_was_recorded_read_as_what_they_were(tmp_path):
     data = Calibration(lam=1.5, alpha=0.1, delta=0.1, samples=1, split="val", images=30).to_dict()
-    del data["method"], data["heuristic"]
+    del data["method"], data["heuristic"], data["structure_weight"]
     (tmp_path / CALIBRATION_FILE).write_text(json.dumps(data))
     record = Calibration.load(tmp_path)
-    assert (record.method, record.heuristic) == (METHOD_RCPS, HEURISTIC_V1)
+    assert (record.method, record.heuristic, record.structure_weight) == (METHOD_RCPS, HEURISTIC_V1, 0.0)
     data["heuristic"] = "lam * magic"
     (tmp_path / CALIBRATION_FILE).write_text(json.dumps(data))
     with pytest.raises(InputError, match="unknown heuristic"):
