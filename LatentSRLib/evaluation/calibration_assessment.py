@@ -27,7 +27,7 @@ data-consistency setting, read from ``calibration.json``), and:
   assessed split (:func:`~LatentSRLib.metrics.calibration.reliability_curve`).
 
 Outputs, in one folder written atomically (a previous assessment is replaced as a whole):
-``calibration_assessment.json`` (every number, the slice ids of both splits, per-slice rows),
+``calibration_assessment.json`` (every number, the slice ids of both splits, per-source and per-slice rows),
 ``calibration_assessment.md`` (tables generated from the json, rule 9) and ``reliability.png``.
 Units: the intensity window's [0, 1] (widths), fractions in [0, 1] (coverage).
 """
@@ -214,8 +214,25 @@ def assess_maps(calibration: Calibration, maps: CalibrationMaps, reference: Cali
             "refitted_lam": _number(refitted),
             "points": [{key: _number(value) for key, value in asdict(point).items()} for point in curve],
         },
+        "by_source": _by_source(rows),
         "per_image": rows,
     }
+
+
+def _by_source(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Coverage and mean half-width per source scan (a slice id's first path part, e.g. the series a
+    prepared dataset took it from): the calibration's promise is about images like the calibration
+    split's, and how far sources scatter around it is what a new scan may meet."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(str(row["id"]).split("/", 1)[0], []).append(row)
+    out = {}
+    for source, members in groups.items():
+        covered = [row["coverage"] for row in members if row["coverage"] is not None]
+        widths = [row["mean_half_width"] for row in members if row["mean_half_width"] is not None]
+        out[source] = {"images": len(members), "coverage": _number(np.mean(covered)) if covered else None,
+                       "mean_half_width": _number(np.mean(widths)) if widths else None}
+    return out
 
 
 @torch.inference_mode()
@@ -387,6 +404,13 @@ def assessment_markdown(summary: Mapping[str, Any]) -> str:
                      f"{_pp(region['coverage'], nominal)} | {_f(region['mean_half_width'], 4)} |")
     lines += ["", f"Slices below nominal: {cov['images_below_nominal']} of {cov['images']} (lowest coverage "
                   f"{_f(cov['min_over_images'])}).", ""]
+    sources = summary.get("by_source") or {}
+    if len(sources) > 1:
+        lines += ["By source scan (mean over its slices):", "",
+                  "| source | slices | coverage | vs nominal (pp) | mean half-width |", "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {name} | {entry['images']} | {_f(entry['coverage'])} | {_pp(entry['coverage'], nominal)} | "
+                  f"{_f(entry['mean_half_width'], 4)} |" for name, entry in sources.items()]
+        lines.append("")
 
     h, auroc = summary["hallucination"], summary["auroc"]
     lines += [

@@ -29,6 +29,7 @@ from LatentSRLib.evaluation.calibration_assessment import (
     REPORT_FILE,
     assess_calibration,
     assess_maps,
+    assessment_markdown,
     autoencoder_reconstructions,
 )
 from LatentSRLib.io import MedicalImage, write_image
@@ -54,7 +55,7 @@ def hand_made_maps(seed: int, images: int = 24, size: int = 16):
     std = np.where(off, 0.2, np.where(anatomy, rng.uniform(0, 0.05, shape), 0.0)).astype(np.float32)
     consistency = np.where(anatomy & ~off, 0.1, 0.0).astype(np.float32)
     ae = (hr + np.where(anatomy, rng.uniform(-0.01, 0.01, shape), 0.0)).astype(np.float32)
-    maps = CalibrationMaps([f"s{seed}-{i}" for i in range(images)], sr, hr, std, consistency)
+    maps = CalibrationMaps([f"s{seed}-{i % 2}/slice-{i}" for i in range(images)], sr, hr, std, consistency)
     return maps, ae, off, sign
 
 
@@ -77,6 +78,9 @@ def test_coverage_counts_the_foreground_and_the_auroc_points_the_right_way():
     by_image = 1 - off.sum(axis=(1, 2)) / anatomy.sum(axis=(1, 2))
     assert summary["coverage"]["mean_over_images"] == pytest.approx(by_image.mean())
     assert [row["coverage"] for row in summary["per_image"]] == pytest.approx(list(by_image))
+    # per source scan (the id's first part): alternate slices come from two sources
+    assert summary["by_source"]["s0-0"]["images"] == 12
+    assert summary["by_source"]["s0-1"]["coverage"] == pytest.approx(by_image[1::2].mean())
     assert summary["regions"]["background"] == {"pixels": int((~anatomy).sum()), "coverage": 0.0,
                                                 "mean_half_width": pytest.approx(0.05)}
     assert summary["regions"]["tumour"]["coverage"] == pytest.approx(1 - (off & tumour).sum() / tumour.sum())
@@ -106,6 +110,14 @@ def test_coverage_counts_the_foreground_and_the_auroc_points_the_right_way():
     assert reliability["method"] == METHOD_RCPS
     assert reliability["calibration_images"] == 40
     json.dumps(summary, allow_nan=False)  # strict JSON: nothing to measure is null, not NaN
+
+    # the report lists the sources when there are several
+    report = assessment_markdown({**summary, "model": "model", "dataset": "ds", "split": "test", "images": 24,
+                                  "calibration_split": "val", "calibration": calibration.to_dict(), "notes": [],
+                                  "sampling": {"samples": 2, "steps": 1, "sampler": "ddim", "seed": 0,
+                                               "data_consistency": True}})
+    entry = summary["by_source"]["s0-1"]
+    assert f"| s0-1 | 12 | {entry['coverage']:.3f} |" in report and "rcps-hoeffding-bentkus, alpha 0.1, delta 0.1" in report
 
 
 def phantom(seed: int, shape=(28, 40, 40)) -> np.ndarray:
