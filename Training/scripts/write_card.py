@@ -189,7 +189,8 @@ def calibration_block(assessment: dict[str, Any]) -> str:
     return "\n".join([
         f"Calibrated on {cal['images']} {cal['split']} images of `{cal['dataset']}` (K = {cal['samples']}, {cal['steps']} "
         f"step(s), data consistency {'on' if assessment['sampling']['data_consistency'] else 'off'}; lam = {cal['lam']:.3f}, "
-        f"{how}; width lam * ({cal.get('heuristic', 'sqrt(std^2 + consistency^2) + floor')})) and assessed on "
+        f"{how}; width lam * ({cal.get('heuristic', 'sqrt(std^2 + consistency^2) + floor')})"
+        + (f", structure weight {cal['structure_weight']:g}" if cal.get("structure_weight") else "") + ") and assessed on "
         f"{assessment['images']} {assessment['split']} images (`results/calibration_assessment/`):", "",
         "| target | measured | |", "| --- | --- | --- |",
         f"| coverage within 2 pp of nominal {nominal:.2f} | {cov['mean_over_images']:.3f} "
@@ -197,7 +198,20 @@ def calibration_block(assessment: dict[str, Any]) -> str:
         f"{'met' if within else '**not met**'} |",
         f"| AUROC of the calibrated width for hallucinated pixels >= 0.75 and above the raw std's | {width:.3f} "
         f"({std_cell}consistency {auroc['consistency']['pooled']:.3f}{extra}) | {auroc_verdict} |",
+        *source_lines(assessment),
     ])
+
+
+def source_lines(assessment: dict[str, Any]) -> list[str]:
+    """How the coverage scatters over the assessed split's source scans (when there are several)."""
+    sources = {name: entry for name, entry in (assessment.get("by_source") or {}).items() if entry["coverage"] is not None}
+    if len(sources) < 2:
+        return []
+    low = min(sources, key=lambda name: sources[name]["coverage"])
+    high = max(sources, key=lambda name: sources[name]["coverage"])
+    return ["", f"Coverage by source scan ({len(sources)} scans): from {sources[low]['coverage']:.3f} (`{low}`) to "
+                f"{sources[high]['coverage']:.3f} (`{high}`); the calibration's promise is an average over scans like "
+                "the calibration split's, and the scatter between scans is what one new scan may meet."]
 
 
 def demo_block(card: dict[str, Any]) -> str:
