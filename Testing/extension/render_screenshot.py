@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     with atomic_path(output) as tmp:
         canvas.save(tmp, format="PNG")
     print(f"wrote {output}")
+    headless.close_scene(scene)
     return 0
 
 
