@@ -116,8 +116,6 @@ def run(args: argparse.Namespace) -> int:
     for name, value in CALIBRATE_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.method == "rcps" and args.delta is None:
-        args.delta = 0.1
     if args.method != "rcps" and args.delta is not None:
         raise InputError("--delta is for --method rcps (risk-controlling prediction sets); conformal risk control "
                          "controls the expected coverage, with no confidence level")

@@ -132,7 +132,8 @@ def assess_maps(calibration: Calibration, maps: CalibrationMaps, reference: Cali
     ae = np.asarray(ae, dtype=np.float64)
     if not (sr.shape == hr.shape == ae.shape == maps.std.shape == maps.consistency.shape):
         raise ValueError(f"the maps differ in shape: sr {sr.shape}, hr {hr.shape}, ae {ae.shape}")
-    width = maps_width(maps, calibration.heuristic, calibration.floor, calibration.structure_weight)
+    structure = structure_map(sr)  # one pass: a term of the width and a baseline score below
+    width = calibration.width(maps.std, maps.consistency, structure=structure)
     half = calibration.lam * width  # float64: the same comparison as the calibration's scores
     foreground = hr > calibration.foreground_level  # the pixels the calibration counts
     analysis = hallucination_maps(sr, hr, ae, k=k)  # the anatomy, holes filled (the hallucination rule)
@@ -161,7 +162,7 @@ def assess_maps(calibration: Calibration, maps: CalibrationMaps, reference: Cali
     refitted = next(point.lam for point in curve if point.nominal == round(calibration.nominal, 6))
 
     score_maps = dict(zip(SCORES, (half, maps.std.astype(np.float64), maps.consistency.astype(np.float64),
-                                   structure_map(sr))))
+                                   structure)))
     auroc: dict[str, Any] = {}
     for target, positives, counted in (("flagged", flagged, analysed), ("hallucinated", hallucinated, analysed & ~lost),
                                        ("lost", lost, analysed & ~hallucinated)):

@@ -4,7 +4,6 @@ edit, or results changed without regenerating, fails here."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from conftest import REPO_ROOT, load_script as _script
