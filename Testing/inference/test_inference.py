@@ -211,26 +211,66 @@ def test_anatomy_windows_cover_the_anatomy_with_a_margin_inside_the_slice():
     assert anatomy_windows(slices, level=0.05, step=32, limit=(128, 128)) is None
 
 
+def test_anatomy_windows_shrink_the_margin_at_the_slice_edge_and_still_cover_the_anatomy():
+    from LatentSRLib.inference.engine import anatomy_windows
+
+    # a head filling most of a 240-pixel slice: box + margin is 248, more than the slice; the window is
+    # the largest whole number of steps inside the slice (224) instead of falling back to tiles
+    slices = torch.zeros(1, 1, 240, 240)
+    slices[0, 0, 30:230, 20:220] = 0.5
+    (height, width), ((top, left),) = anatomy_windows(slices, level=0.05, step=32, limit=(256, 256), margin=24,
+                                                      align=4)
+    assert (height, width) == (224, 224)
+    assert top <= 30 and top + height >= 230 and left <= 20 and left + width >= 220
+    # anatomy that leaves no room for the aligned start is still tiled
+    slices[0, 0, 8:234, 8:234] = 0.5
+    assert anatomy_windows(slices, level=0.05, step=32, limit=(256, 256), margin=24, align=4) is None
+
+    # whatever the box, a returned window lies inside the slice, on the latent grid, and covers the box
+    generator = np.random.default_rng(0)
+    for _ in range(300):
+        height_px, width_px = (int(v) for v in generator.integers(64, 300, size=2))
+        top_px, left_px = int(generator.integers(0, height_px - 2)), int(generator.integers(0, width_px - 2))
+        bottom_px = int(generator.integers(top_px + 1, height_px + 1))
+        right_px = int(generator.integers(left_px + 1, width_px + 1))
+        one = torch.zeros(1, 1, height_px, width_px)
+        one[0, 0, top_px:bottom_px, left_px:right_px] = 1.0
+        found = anatomy_windows(one, level=0.05, step=32, limit=(256, 256), align=4)
+        if found is None:
+            continue
+        (h, w), ((t, l),) = found
+        assert h % 32 == 0 and w % 32 == 0
+        # on the latent grid, unless pushed back against the slice's far edge (which may not be on it)
+        assert (t % 4 == 0 or t + h == height_px) and (l % 4 == 0 or l + w == width_px)
+        assert 0 <= t and t + h <= height_px and 0 <= l and l + w <= width_px
+        assert t <= top_px and bottom_px <= t + h and l <= left_px and right_px <= l + w
+
+
 def test_an_anatomy_window_samples_once_per_slice_and_keeps_the_input_outside(tile_model_folder, monkeypatch):
+    from LatentSRLib.inference.engine import ANATOMY_MARGIN
+
     model = load_sr_model(tile_model_folder)  # 32 x 32 tiles, windows a multiple of 16
     install_pooling_model(model, monkeypatch)
     encode, encoded = model.autoencoder.encode, []
     monkeypatch.setattr(model.autoencoder, "encode", lambda x, **kw: encoded.append(tuple(x.shape)) or encode(x, **kw))
     array = np.zeros((4, 96, 80), dtype=np.float32)
-    array[:3, 40:52, 30:38] = 300  # anatomy in three slices, the fourth empty
+    array[:3, 30:70, 25:55] = 300  # anatomy in three slices, the fourth empty
     array[:3, 44:48, 32:36] = 3000
     image = MedicalImage(array, (0.5, 0.5, 1.0), (0.0, 0.0, 0.0), np.eye(3))
     windowed = super_resolve_volume(model, image, same_grid=True, device="cpu",
                                     settings=SRSettings(anatomy_window=True, batch_size=4))
     tiled = super_resolve_volume(model, image, same_grid=True, device="cpu", settings=SRSettings(batch_size=4))
-    # one window per slice with anatomy (12 x 8 + 2 x 24, whole 16s), in calls of no more pixels than the
-    # tiles' batch (4 tiles of 32 x 32): memory stays that of tiling
-    assert encoded[:3] == [(1, 1, 64, 64)] * 3
+    # one window per slice with anatomy (40 x 30 plus the margin each side, in whole 16s), in calls of no
+    # more pixels than the tiles' batch (4 tiles of 32 x 32): memory stays that of tiling
+    height, width = (16 * -(-(extent + 2 * ANATOMY_MARGIN) // 16) for extent in (40, 30))
+    per_call = max(1, 4 * 32 * 32 // (height * width))
+    calls = [(min(per_call, 3 - start), 1, height, width) for start in range(0, 3, per_call)]
+    assert per_call < 3 and encoded[: len(calls)] == calls
     assert windowed.metrics["tiling"]["anatomy_window"] is True and tiled.metrics["tiling"]["anatomy_window"] is False
     assert windowed.metrics["background_tiles_skipped"] == 1
     # outside the windows the input is kept exactly; inside, the echo model gives what the tiles gave
     assert np.all(windowed.sr.array[3] == array[3]) and np.all(windowed.sr.array[:3, :5] == array[:3, :5])
-    inside = (slice(0, 3), slice(36, 56), slice(26, 42))  # the anatomy and a few pixels around it
+    inside = (slice(0, 3), slice(28, 72), slice(23, 57))  # the anatomy and a few pixels around it
     assert np.corrcoef(windowed.sr.array[inside].ravel(), tiled.sr.array[inside].ravel())[0, 1] > 0.99
     # the setting is the model's recorded default when the caller gives none, and needs skip_background
     model.config.setdefault("sampling", {})["anatomy_window"] = True
