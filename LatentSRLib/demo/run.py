@@ -189,15 +189,18 @@ def _table_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _montage(path: Path, slices: dict[str, np.ndarray], scale: int, title: str) -> None:
-    """LR | bicubic | SR | HR on top, |SR - HR|, uncertainty, hallucination below; one slice."""
+def _montage(path: Path, slices: dict[str, np.ndarray], scale: int, title: str,
+             coarse_shape: tuple[int, int] | None = None) -> None:
+    """LR | bicubic | SR | HR on top, |SR - HR|, uncertainty, hallucination below; one slice.
+    ``coarse_shape``: the measured slice's pixels when not both axes are ``scale`` times coarser (thick slices)."""
     from matplotlib.colors import ListedColormap
 
     hr = slices["hr"]
     h, w = hr.shape
     if "lr_pixels" in slices:  # the measured pixels, shown enlarged without smoothing
         lr_pixels = slices["lr_pixels"]
-        coarse_rows, coarse_cols = -(-h // scale), -(-w // scale)  # a partial coarse pixel counts (the grid's rule)
+        # a partial coarse pixel counts (the grid's rule)
+        coarse_rows, coarse_cols = coarse_shape or (-(-h // scale), -(-w // scale))
     else:  # an input on the fine grid: area-averaged back to the low-resolution grid
         small = slices["lr"][: h - h % scale, : w - w % scale].reshape(h // scale, scale, w // scale, scale).mean((1, 3))
         lr_pixels = np.kron(small, np.ones((scale, scale)))
@@ -305,7 +308,9 @@ def run_demo(outdir: str | os.PathLike, *, model: str | os.PathLike | None = Non
         written = {}
         for name, volume in {"hr": slab, "lr": result.lr, **result.outputs()}.items():
             written[name] = str(outdir / write_image(volume, staging / f"{name}.nii.gz").name)
-        layout = SliceLayout.for_image(slab, plane)
+        # a thick-slice model refines the slice axis, which runs down a coronal slice (an axial one shows none of it)
+        thick = sr_model.task.mode == "thick"
+        layout = SliceLayout.for_image(slab, "coronal" if thick and plane != "coronal" else plane)
         window = result.metrics["window"]
         width = float(window["upper"] - window["lower"]) or 1.0
         # a radiograph is shown in its central 256 x 256 pixels, where a montage panel shows pixels
@@ -317,7 +322,18 @@ def run_demo(outdir: str | os.PathLike, *, model: str | os.PathLike | None = Non
             return np.clip((middle - window["lower"]) / width, 0, 1) if windowed else middle
 
         montage_slices = {name: upright(volume, True) for name, volume in (("hr", slab), ("sr", result.sr))}
-        if result.lr.shape == slab.shape:  # a model that keeps the grid: its input is already on it
+        coarse_shape = None
+        if thick:  # the thick slices on the fine grid: the grid's bicubic along the slice axis, and repeated
+            axis = slab.array_axis_for_plane(plane)
+            coarse = np.moveaxis(np.asarray(result.lr.array, dtype=np.float32), axis, -2)
+            size = (slab.shape[axis], coarse.shape[-1])
+            fine = upsample(torch.from_numpy(np.ascontiguousarray(coarse))[:, None], sr_model.task.scale, dims=(-2,),
+                            size=size)[:, 0].numpy()
+            repeated = np.repeat(coarse, sr_model.task.scale, axis=-2)[..., : size[0], :]
+            montage_slices["lr"] = upright(slab.with_array(np.moveaxis(fine, -2, axis)), True)
+            montage_slices["lr_pixels"] = upright(slab.with_array(np.moveaxis(repeated, -2, axis)), True)
+            coarse_shape = SliceLayout.for_image(result.lr, layout.plane).slice_shape
+        elif result.lr.shape == slab.shape:  # a model that keeps the grid: its input is already on it
             montage_slices["lr"] = upright(result.lr, True)
         else:  # the measured scan on its coarse grid, and its bicubic up-sampling (the baseline)
             coarse_layout = SliceLayout.for_image(result.lr, plane)
@@ -336,7 +352,7 @@ def run_demo(outdir: str | os.PathLike, *, model: str | os.PathLike | None = Non
         pixel = f"{rows:.2f} x {cols:.2f} mm" if image.ndim == 3 else f"{layout.slice_shape[0]} x {layout.slice_shape[1]} pixels"
         title = (f"{scan_path.name} at {pixel}{shown}: {sr_model.task.name} simulated; "
                  f"PSNR bicubic {review['psnr_lr']:.2f} dB, LatentSR {review['psnr_sr']:.2f} dB")
-        _montage(staging / "montage.png", montage_slices, sr_model.task.scale, title)
+        _montage(staging / "montage.png", montage_slices, sr_model.task.scale, title, coarse_shape)
         metrics = {**result.metrics, "input": str(scan_path), "model": str(model_folder), "table": table,
                    "demo": {"case": case, "slices": slices, "crop": crop, "data_consistency": data_consistency, "plane": plane, "native": native,
                             "spacing": list(slab.spacing), "shape": list(slab.array.shape)},

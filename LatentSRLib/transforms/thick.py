@@ -41,7 +41,7 @@ from LatentSRLib.io import MedicalImage, check_pixels
 from LatentSRLib.transforms.grids import coarse_image, coarse_size
 from LatentSRLib.transforms.intensity import PercentileWindow
 
-__all__ = ["PROFILES", "profile_weights", "simulate_thick_slices", "thick_downsample"]
+__all__ = ["PROFILES", "bspline_through_plane", "profile_weights", "simulate_thick_slices", "thick_downsample"]
 
 #: the slice profiles along the thick axis
 PROFILES = ("gaussian", "box")
@@ -110,6 +110,25 @@ def thick_downsample(x: torch.Tensor, scale: int, profile: str = "gaussian") -> 
     kernel = torch.as_tensor(weights, dtype=dtype, device=x.device).reshape(1, 1, -1, 1)
     out = F.conv2d(padded[:, :, start:], kernel, stride=(scale, 1))[:, :, :n]
     return out.reshape(batch, channels, n, width)
+
+
+def bspline_through_plane(coarse: np.ndarray, axis: int, scale: int, size: int) -> np.ndarray:
+    """Cubic B-spline interpolation of thick slices back onto the fine grid: the through-plane baseline
+    a thick-slice model is compared with (what a viewer or a resampling tool does with a thick series).
+
+    ``coarse``: an array whose ``axis`` holds the thick slices; returns ``size`` fine slices there (the
+    other axes unchanged), float64. Coarse slice ``k`` sits at fine index ``k*s + (s - 1) / 2`` (the
+    grids of this module). ``scipy.ndimage.map_coordinates`` (order 3 with its spline prefilter, mode
+    ``nearest``: the edge slices repeat beyond the volume, so the spline levels off there).
+    """
+    from scipy import ndimage
+
+    scale = _check_scale(scale)
+    moved = np.moveaxis(np.asarray(coarse, dtype=np.float64), axis, 0)
+    positions = (np.arange(int(size), dtype=np.float64) - (scale - 1) / 2.0) / scale  # in coarse slice units
+    points = np.meshgrid(positions, *(np.arange(n, dtype=np.float64) for n in moved.shape[1:]), indexing="ij")
+    fine = ndimage.map_coordinates(moved, points, order=3, mode="nearest")
+    return np.moveaxis(fine, 0, axis)
 
 
 def _noise_step(sigma: float, kind: str, seed: int | None):

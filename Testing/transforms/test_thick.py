@@ -181,3 +181,24 @@ def test_simulated_thick_slices_box_profile_values_noise_and_refusals():
         simulate_thick_slices(volume, 30)
     with pytest.raises(InputError, match="profile"):
         simulate_thick_slices(volume, 4, profile="sinc")
+
+
+def test_bspline_through_plane_passes_through_the_slice_centres_and_keeps_a_ramp():
+    from LatentSRLib.transforms.thick import bspline_through_plane
+
+    rng = np.random.default_rng(3)
+    coarse = rng.random((4, 9, 5))  # 9 thick slices along axis 1
+    fine = bspline_through_plane(coarse, axis=1, scale=5, size=45)
+    assert fine.shape == (4, 45, 5)
+    # an interpolating spline: at each coarse centre (fine index 5k + 2) it is the measured slice
+    np.testing.assert_allclose(fine[:, 2::5], coarse, atol=1e-9)
+    # a cubic spline follows a linear ramp between the centres (away from the ends, where the edge
+    # condition bends it), not stepping like nearest-neighbour slices
+    ramp = np.broadcast_to(np.arange(9, dtype=float)[None, :, None] * 0.1, (2, 9, 3))
+    line = bspline_through_plane(ramp, axis=1, scale=5, size=45)
+    inside = np.arange(17, 28)
+    np.testing.assert_allclose(line[:, inside], np.broadcast_to(((inside - 2) / 5 * 0.1)[None, :, None], (2, 11, 3)),
+                               atol=2e-3)
+    # beyond the end centres it levels off near the edge slice instead of extrapolating the ramp
+    np.testing.assert_allclose(line[:, :2], 0.0, atol=0.01)
+    np.testing.assert_allclose(line[:, 43:], 0.8, atol=0.01)
