@@ -74,6 +74,7 @@ def test_measure_thick_scores_what_latentsr_sr_gives_against_cubic_bspline(thick
     PSNR is that of the engine's output for the same thick scan, the baseline's that of cubic B-spline
     interpolation written out here with scipy; the card block reads the saved rows."""
     import json
+    import shutil
 
     from scipy import ndimage
 
@@ -86,8 +87,6 @@ def test_measure_thick_scores_what_latentsr_sr_gives_against_cubic_bspline(thick
     path = tmp_path / "crop.nii.gz"
     write_image(crop, path)
     model = tmp_path / "model"
-    import shutil
-
     shutil.copytree(thick_folder, model)
     shutil.copytree(thick_folder.parent / "vae", tmp_path / "vae")
     assert load_script("measure_thick").main([str(model), "--scan", f"flair={path}", "--device", "cpu"]) == 0
