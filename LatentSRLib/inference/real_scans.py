@@ -86,6 +86,9 @@ def evaluate_real_scans(
 ) -> dict[str, Any]:
     """Super-resolve the real low-resolution scan of each true volume in ``scans`` (name -> file, or an
     image already read, e.g. resampled) and score it, per slice, against the truth and against bicubic.
+    A ``refine`` or ``kspace`` model keeps the scan's grid: its measurement is the task's degradation of
+    the truth on that grid (``latentsr sr --simulate-scale``), and the baseline is that degraded input
+    (``results["baseline"]``: ``"input"``, else ``"bicubic"``).
 
     Slices ``first, first + every, ... <= last`` of ``plane`` are used (``last`` None: the last one);
     a 2D image (a radiograph) is its own one slice (``plane``, ``every``, ``first``, ``last`` unused).
@@ -107,9 +110,10 @@ def evaluate_real_scans(
         raise InputError(f"every must be >= 1 and first >= 0 (got {every}, {first})")
     sr_model = load_sr_model(model)
     scale = sr_model.task.scale
-    if sr_model.task.mode != "sr":
-        raise InputError(f"real-scan scoring is for in-plane super-resolution models; this one's task is {sr_model.task.name}",
-                         model)
+    if sr_model.task.mode == "thick":
+        raise InputError("a thick-slice model refines the slice axis: score it with Training/scripts/measure_thick.py", model)
+    # refine and kspace models keep the scan's grid: their measurement is the task's own degradation on it
+    same_grid = sr_model.task.mode != "sr"
     metric = None
     if lpips:
         from LatentSRLib.metrics.perceptual import LPIPSMetric
@@ -121,7 +125,10 @@ def evaluate_real_scans(
         "format": RESULTS_FORMAT, "version": 1, "model": str(model),
         "settings": {"plane": plane, "every": every, "first": first, "last": last, "steps": steps, "samples": samples,
                      "seed": seed, "scale": scale, "tile": tile, "overlap": overlap, "anatomy_window": anatomy_window,
-                     "measurement": "simulate_coarse_scan (latentsr degrade --coarse-grid)"},
+                     "measurement": ("the task's degradation on the scan's own grid (latentsr sr --simulate-scale)" if same_grid
+                                     else "simulate_coarse_scan (latentsr degrade --coarse-grid)")},
+        # what the SR is compared with: the engine's input on the SR grid
+        "baseline": "input" if same_grid else "bicubic",
         "lpips": None if metric is None else {"name": metric.name, "label": metric.label},
         "scans": {},
     }
@@ -136,7 +143,7 @@ def evaluate_real_scans(
             stop = n - 1 if last is None else min(last, n - 1)
             indices = list(range(first, stop + 1, every))
             hr = _crop_to_multiple(slab_of(hr_full, plane, indices), plane, scale)
-        lr = simulate_coarse_scan(hr, scale, plane=plane)
+        lr = hr if same_grid else simulate_coarse_scan(hr, scale, plane=plane)
         entry: dict[str, Any] = {"hr": str(path), "slices": indices, "lr_shape": list(lr.shape),
                                  "lr_spacing": [float(v) for v in lr.spacing], "runs": {}}
         for dc in data_consistency:
@@ -144,7 +151,10 @@ def evaluate_real_scans(
                 progress(f"{name}: {len(indices)} slices, data consistency {'on' if dc else 'off'}")
             settings = SRSettings(steps=steps, samples=samples, seed=seed, data_consistency=bool(dc), tile=tile,
                                   overlap=overlap, anatomy_window=anatomy_window)
-            result = super_resolve_volume(sr_model, lr, plane=plane, settings=settings, reference=hr, device=device)
+            if same_grid:
+                result = super_resolve_volume(sr_model, hr, plane=plane, settings=settings, simulate=True, device=device)
+            else:
+                result = super_resolve_volume(sr_model, lr, plane=plane, settings=settings, reference=hr, device=device)
             review = dict(result.metrics["reference"])
             rows = review.pop("per_slice")
             if metric is not None and rows:

@@ -87,6 +87,38 @@ def test_real_scans_score_the_coarse_scan_against_the_truth_and_bicubic(tile_mod
         load_real_scans(tmp_path / "bad.json")
 
 
+def test_a_refinement_model_is_scored_on_the_scans_own_grid_against_its_degraded_input(small_flair, tmp_path):
+    """A ``refine`` model keeps the scan's grid (the knee task): the measurement is the task's blur, 2x
+    down and back up of the truth, the baseline that degraded input itself (recomputed with scipy's
+    Gaussian filter and PIL's bicubic), and the card's table names it so."""
+    from scipy.ndimage import gaussian_filter
+
+    from conftest import load_script
+
+    model = make_tiny_sr_model(tmp_path / "refine", grid=32, fit="tile", task="refine2")
+    results = evaluate_real_scans(model, {"flair": small_flair}, every=4, steps=1, device="cpu", lpips=False)
+    assert results["baseline"] == "input" and "own grid" in results["settings"]["measurement"]
+    entry = results["scans"]["flair"]
+    assert entry["lr_shape"] == [3, 64, 64]  # never a coarse grid
+    dc = entry["runs"]["dc"]
+    hr = read_image(small_flair).array.astype(np.float32)
+    window = dc["window"]
+    for row in dc["per_slice"]:
+        truth = np.clip((hr[row["slice"]] - window["lower"]) / (window["upper"] - window["lower"]), 0, 1)
+        blurred = gaussian_filter(truth.astype(np.float64), 1.0, mode="mirror", truncate=4.0).astype(np.float32)
+        coarse = Image.fromarray(blurred, "F").resize((32, 32), Image.BICUBIC)
+        degraded = np.clip(np.asarray(coarse.resize((64, 64), Image.BICUBIC)), truth.min(), truth.max())
+        assert row["psnr_lr"] == pytest.approx(_psnr(degraded, truth), abs=0.5)
+    # a thick-slice model is pointed to its own script
+    with pytest.raises(InputError, match="measure_thick"):
+        evaluate_real_scans(make_tiny_sr_model(tmp_path / "thick", grid=32, fit="tile", task="thick4"),
+                            {"flair": small_flair}, device="cpu")
+    # the card block reads the baseline from the results
+    text = load_script("write_card").real_scans_block(results)
+    assert "| scan | slices | input |" in text and "own grid (64 x 64 pixels of 1 x 1 mm" in text
+    assert "axial slices 0, 4, ... 8" in text and "SR - input" in text
+
+
 def test_a_radiograph_is_scored_as_its_one_slice(tile_model, tmp_path):
     """A 2D image (a radiograph) is its own one slice: measured on its coarse grid, super-resolved, and
     scored against itself and against bicubic of the measurement (recomputed with PIL)."""

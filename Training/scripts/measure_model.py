@@ -4,7 +4,12 @@
         --scan t1n=../shared/data/brain/BraTS-GLI-00001-000-t1n.nii.gz ... [--every 8 --first 10 --last 145] \
         [--steps-curve 1,2,4,8,16,32,50 --curve-scan t2f] [--tiling-curve 128:0.25,128:0.125,256:0.25]
 
-Writes ``MODEL/results/real_scans.json`` (every scan, data consistency on and off, the model's default
+Another domain's scans, e.g. the knee series with the refinement model (its own grid, sagittal):
+
+    python Training/scripts/measure_model.py Training/models/brain-refine2 --scan knee=../shared/data/knee/DESS-01 \
+        --plane sagittal --every 4 --results-name knee
+
+Writes ``MODEL/results/real_scans.json`` (``--results-name``; every scan, data consistency on and off, the model's default
 steps) and, with ``--steps-curve``, ``MODEL/results/steps.json`` (one scan, both operating points, each
 step count), and with ``--tiling-curve`` ``MODEL/results/tiling.json`` (every scan, both operating points,
 each sliding-window tile:overlap, the tile empty for the model's own, or ``anatomy`` for the anatomy
@@ -58,6 +63,8 @@ def _measure(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--scan", action="append", required=True, metavar="NAME=FILE", help="a true high-resolution scan")
+    parser.add_argument("--plane", default="axial", choices=("axial", "coronal", "sagittal"),
+                        help="the plane the model works in (a scan's acquisition plane: the knee series is sagittal)")
     parser.add_argument("--every", type=int, default=8)
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--last", type=int, default=None)
@@ -73,14 +80,17 @@ def _measure(argv: list[str] | None) -> int:
     parser.add_argument("--resample", type=int, default=None, metavar="PIXELS",
                         help="2D images larger than this are first resampled so their longer side spans it "
                              "(a radiograph model trained at 1024 px: the demo's rule)")
+    parser.add_argument("--results-name", default="real_scans", metavar="NAME",
+                        help="the main results go to MODEL/results/NAME.json (default real_scans, the card's held-out "
+                             "scans; e.g. knee for another domain's scans, a card block of its own)")
     args = parser.parse_args(argv)
     scans = dict(item.split("=", 1) for item in args.scan)
     if args.resample:
         scans = {name: _resampled(path, args.resample) for name, path in scans.items()}
-    common = {"every": args.every, "first": args.first, "last": args.last, "samples": args.samples, "device": args.device,
+    common = {"plane": args.plane, "every": args.every, "first": args.first, "last": args.last, "samples": args.samples, "device": args.device,
               "progress": lambda message: print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)}
     if not args.skip_main:
-        _save(evaluate_real_scans(args.model, scans, steps=args.steps, **common), args.model / "results" / "real_scans.json")
+        _save(evaluate_real_scans(args.model, scans, steps=args.steps, **common), args.model / "results" / f"{args.results_name}.json")
     if args.steps_curve:
         name = args.curve_scan or next(iter(scans))
         curve = {"format": "latentsr.steps_curve", "version": 1, "scan": name, "runs": {}}

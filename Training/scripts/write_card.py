@@ -8,7 +8,8 @@ and stores its figures there. Then every block of the model's README.md between
 ``<!-- generated: NAME -->`` and ``<!-- end generated: NAME -->`` is rewritten from ``card.json`` and
 ``results/*`` (written by ``measure_model.py``; ``validation.csv`` is the training run's
 ``val_log.csv``): ``validation`` (the validation curve), ``real-scans`` (per contrast and overall, both
-operating points, against bicubic, with the paired difference), ``targets`` (the reference-model
+operating points, against bicubic, with the paired difference), ``knee`` (the same table for the knee
+series, ``results/knee.json``: another domain, evaluation only), ``targets`` (the reference-model
 issue's targets, met or not, with the measured values), ``thick-scans`` (a thick-slice model against
 cubic B-spline, from ``measure_thick.py``'s ``thick_scans.json``, with its target), ``steps``
 (quality against sampling steps) and ``demo``. Blocks whose results are missing are left as they are.
@@ -48,19 +49,33 @@ def _gain_line(run: str, gain: dict[str, Any], baseline: str) -> str:
             f"n = {gain['n']} slices of one subject (bootstrap within each scan).")
 
 
+def _slice_numbers(settings: dict[str, Any], first: dict[str, Any]) -> str:
+    return f"{settings.get('plane', 'axial')} slices {first['slices'][0]}, {first['slices'][0] + settings['every']}, ... {first['slices'][-1]}"
+
+
 def real_scans_block(results: dict[str, Any]) -> str:
+    """Per scan and overall, both operating points against the engine's input (bicubic for an ``sr``
+    model; the degraded scan itself for a model that keeps the scan's grid), with the paired difference."""
     settings = results["settings"]
     first = next(iter(results["scans"].values()))
     lpips = results["lpips"]["label"] if results["lpips"] else "not available"
-    lines = [f"Real {settings['scale']}x low-resolution scans ({first['lr_shape'][1]} x {first['lr_shape'][2]} pixels of "
-             f"{first['lr_spacing'][0]:g} x {first['lr_spacing'][1]:g} mm, made with `latentsr degrade --coarse-grid`) "
-             f"super-resolved by the engine of `latentsr sr` with {settings['steps'] or 'the default'} steps and "
-             f"{settings['samples']} sample(s), on axial slices {first['slices'][0]}, {first['slices'][0] + settings['every']}, ... "
-             f"{first['slices'][-1]} (those with anatomy scored), against "
-             f"the true 1 mm slices in the scan's intensity window. Cells: PSNR (dB) / SSIM / LPIPS; LPIPS is {lpips}.",
+    baseline = results.get("baseline", "bicubic")
+    steps = f"{settings['steps'] or 'the default'} steps and {settings['samples']} sample(s)"
+    if baseline == "input":  # a refine or kspace model: measured and refined on the scan's own grid
+        opening = (f"The task's degradation ({settings['scale']}x) made on each scan's own grid ({first['lr_shape'][1]} x "
+                   f"{first['lr_shape'][2]} pixels of {first['lr_spacing'][0]:g} x {first['lr_spacing'][1]:g} mm, "
+                   f"`latentsr sr --simulate-scale {settings['scale']}`) and refined by the engine of `latentsr sr` with {steps}, "
+                   f"on {_slice_numbers(settings, first)} (those with anatomy scored), against the true slices in the scan's "
+                   f"intensity window; the baseline is the degraded input itself.")
+    else:
+        opening = (f"Real {settings['scale']}x low-resolution scans ({first['lr_shape'][1]} x {first['lr_shape'][2]} pixels of "
+                   f"{first['lr_spacing'][0]:g} x {first['lr_spacing'][1]:g} mm, made with `latentsr degrade --coarse-grid`) "
+                   f"super-resolved by the engine of `latentsr sr` with {steps}, on {_slice_numbers(settings, first)} "
+                   f"(those with anatomy scored), against the true 1 mm slices in the scan's intensity window.")
+    lines = [f"{opening} Cells: PSNR (dB) / SSIM / LPIPS; LPIPS is {lpips}.",
              "The last column is the autoencoder's own encode-decode of the true slices (the ceiling of the "
              "sampled image, not an SR method; PSNR of the whole volume).",
-             "", "| scan | slices | bicubic | " + " | ".join(RUNS.values()) + " | autoencoder ceiling (dB) |",
+             "", f"| scan | slices | {baseline} | " + " | ".join(RUNS.values()) + " | autoencoder ceiling (dB) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, entry in results["scans"].items():
         parts = {run: summarise(results, run, [name]) for run in RUNS if run in entry["runs"]}
@@ -73,7 +88,7 @@ def real_scans_block(results: dict[str, Any]) -> str:
     lines.append(f"| **all** | {base['n']} | {_triple(base, 'lr')} | " +
                  " | ".join(_triple(overall[run], "sr") if run in overall else "" for run in RUNS) + " | |")
     lines.append("")
-    lines += [_gain_line(run, summary["psnr_gain"], "bicubic") for run, summary in overall.items() if summary.get("psnr_gain")]
+    lines += [_gain_line(run, summary["psnr_gain"], baseline) for run, summary in overall.items() if summary.get("psnr_gain")]
     return "\n".join(lines)
 
 
@@ -387,6 +402,8 @@ def card_text(folder: Path) -> str:
         results = load_real_scans(folder / "results" / "real_scans.json")
         text = replace_block(text, "real-scans", real_scans_block(results))
         text = replace_block(text, "targets", targets_block(results))
+    if (folder / "results" / "knee.json").is_file():  # another domain's scans (evaluation only)
+        text = replace_block(text, "knee", real_scans_block(load_real_scans(folder / "results" / "knee.json")))
     if (folder / "results" / "thick_scans.json").is_file():
         text = replace_block(text, "thick-scans", thick_scans_block(json.loads((folder / "results" / "thick_scans.json").read_text())))
     if (folder / "results" / "steps.json").is_file():
