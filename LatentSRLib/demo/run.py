@@ -1,16 +1,18 @@
 """The whole idea in one run, offline: real scans, their simulated low-resolution versions, the
 reference models' super-resolution, the review maps, a metrics table and a montage per case.
 
-Two cases, each with a scan that ships in a registry package (none seen by a model in training):
+Three cases, each with a scan that ships in a registry package (none seen by a model in training):
 
 * ``brain``: the MNI ICBM152 2009a symmetric T1 template (1 mm) inside ``nilearn`` (the McConnell
   Brain Imaging Centre's permissive licence), measured at 4 mm in-plane and super-resolved back to
   1 mm by ``brain-sr4``, which works at the scan's own pixel pitch; a population average, smoother
   than a patient scan.
+* ``thick``: the same template measured as 5 mm thick axial slices and refined back to 1 mm along
+  the slice axis by ``brain-thick5`` (in coronal and sagittal slices; the montage shows a coronal one).
 * ``chest``: the computed radiograph ``RG1_UNCI.dcm`` of ``pydicom-data`` (MIT), resampled to the
   1024-pixel size of NIH ChestX-ray14 on which ``cxr-sr4`` was trained, super-resolved tile by tile.
 
-Both project the SR onto the measured input (data consistency), the fidelity end a reader reviews.
+All project the SR onto the measured input (data consistency), the fidelity end a reader reviews.
 
 Any other volume or image can be given instead.
 """
@@ -49,19 +51,26 @@ class DemoCase:
             model's training images); volumes go to the model's grid instead (:func:`at_model_resolution`).
         data_consistency: whether the case projects the SR onto the measured input by default (its
             model card says why).
+        scan: which registry scan (:func:`default_demo_scan`): ``"brain"`` or ``"chest"``.
+        slices: a volume's slices around the middle used by default (a thick-slice case needs enough
+            of them to make several thick slices).
     """
 
     name: str
     model: str
     image_size: int | None = None
     data_consistency: bool = False
+    scan: str = "brain"
+    slices: int = 12
 
 
 DEMO_CASES: dict[str, DemoCase] = {
     "brain": DemoCase("brain", "brain-sr4", data_consistency=True),
+    # 80 slices of 1 mm are 16 thick slices of 5 mm: enough slice axis to refine (its card's run)
+    "thick": DemoCase("brain-thick", "brain-thick5", data_consistency=True, slices=80),
     # NIH ChestX-ray14 images are 1024 x 1024; cxr-sr4's autoencoder ceiling is below bicubic on
     # radiographs this smooth, so only with data consistency does it beat its input (its card)
-    "chest": DemoCase("chest-xray", "cxr-sr4", image_size=1024, data_consistency=True),
+    "chest": DemoCase("chest-xray", "cxr-sr4", image_size=1024, data_consistency=True, scan="chest"),
 }
 
 
@@ -99,9 +108,9 @@ def _chest_scan() -> Path:
 
 
 def default_demo_scan(case: str = "brain") -> Path:
-    """The registry scan of ``case``: the MNI ICBM152 2009a T1 template inside ``nilearn`` (brain) or
-    the radiograph ``RG1_UNCI.dcm`` inside ``pydicom-data`` (chest)."""
-    return _brain_scan() if case == "brain" else _chest_scan()
+    """The registry scan of ``case``: the MNI ICBM152 2009a T1 template inside ``nilearn`` (the brain
+    cases) or the radiograph ``RG1_UNCI.dcm`` inside ``pydicom-data`` (chest)."""
+    return _chest_scan() if DEMO_CASES[case].scan == "chest" else _brain_scan()
 
 
 def is_demo_folder(folder: Path) -> bool:
@@ -247,7 +256,7 @@ def _central_crop(image: MedicalImage, size: int) -> MedicalImage:
 
 
 def run_demo(outdir: str | os.PathLike, *, model: str | os.PathLike | None = None, scan: str | os.PathLike | None = None,
-             case: str = "brain", plane: str = "axial", slices: int = 12, crop: int = 0, steps: int | None = None,
+             case: str = "brain", plane: str = "axial", slices: int | None = None, crop: int = 0, steps: int | None = None,
              samples: int = 2, data_consistency: bool | None = None, device: str = "auto", native: bool = False,
              progress: Callable[[float, str], None] | None = None) -> DemoResult:
     """Simulate a low-resolution acquisition of ``scan``, super-resolve it and write everything to ``outdir``.
@@ -256,8 +265,8 @@ def run_demo(outdir: str | os.PathLike, *, model: str | os.PathLike | None = Non
     ``hallucination`` images (NIfTI, on the scan's grid and in its units), ``metrics.json``,
     ``metrics.md`` (SR against bicubic and the autoencoder ceiling) and ``montage.png``.
 
-    A volume: ``slices`` slices of ``plane`` around the middle are used (all with 0), which keeps the
-    demo to a few minutes on two CPU cores. A model that works at the slices' own pixel pitch (grid
+    A volume: ``slices`` slices of ``plane`` around the middle are used (all with 0; None: the case's
+    :attr:`DemoCase.slices`), which keeps the demo to a few minutes on two CPU cores. A model that works at the slices' own pixel pitch (grid
     ``fit`` "tile") takes the slab as it is; for an older fixed-grid model, unless ``native``, the slab
     is first put at the model's own resolution (:func:`at_model_resolution`): a model trained on a
     128 x 128 grid cannot add detail finer than that grid, and a high-resolution reference finer than
@@ -287,6 +296,8 @@ def run_demo(outdir: str | os.PathLike, *, model: str | os.PathLike | None = Non
     image = read_image(scan_path)
     if data_consistency is None:
         data_consistency = DEMO_CASES[case].data_consistency
+    if slices is None:
+        slices = DEMO_CASES[case].slices
     grid = sr_model.config.get("grid", {})
     if image.ndim == 3:
         slab = _central_slab(image, plane, slices) if slices else image

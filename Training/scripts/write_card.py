@@ -37,6 +37,10 @@ def _f(value: float | None, digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _triple(summary: dict[str, Any], which: str) -> str:
     return " / ".join(v for v in (_f(summary.get(f"psnr_{which}"), 2), _f(summary.get(f"ssim_{which}"), 3),
                                   _f(summary.get(f"lpips_{which}"), 3)) if v)
@@ -286,8 +290,8 @@ def source_lines(assessment: dict[str, Any]) -> list[str]:
 def demo_block(card: dict[str, Any]) -> str:
     demo = card["demo"]
     size = f"{demo['slices']} slices" if "slices" in demo else f"central {demo.get('crop')} pixels"
-    return (f"`latentsr demo` ({demo['input']}; {size}, {demo['steps']} steps, {demo['samples']} "
-            f"samples{', data consistency' if demo.get('data_consistency') else ''}): bicubic {demo['psnr_lr']:.2f} dB, "
+    return (f"`latentsr demo` ({demo['input']}; {size}, {_count(demo['steps'], 'step')}, {_count(demo['samples'], 'sample')}"
+            f"{', data consistency' if demo.get('data_consistency') else ''}): bicubic {demo['psnr_lr']:.2f} dB, "
             f"{card['model']} {demo['psnr_sr']:.2f} dB, its autoencoder's ceiling {demo['psnr_ae_ceiling']:.2f} dB "
             "(`card.json`; `Testing/demo` reproduces it).")
 
@@ -323,7 +327,7 @@ def readme_demo_table(models: Path) -> str:
     for name, case in DEMO_CASES.items():
         card = json.loads((models / case.model / "card.json").read_text())
         demo = card["demo"]
-        run = (f"{demo['input']}; {demo['steps']} steps, {demo['samples']} samples"
+        run = (f"{demo['input']}; {_count(demo['steps'], 'step')}, {_count(demo['samples'], 'sample')}"
                f"{', data consistency' if demo.get('data_consistency') else ''}")
         lines.append(f"| {name} (`{case.model}`) | {run} | {demo['psnr_lr']:.2f} | {demo['psnr_sr']:.2f} | "
                      f"{demo['psnr_ae_ceiling']:.2f} |")
