@@ -119,6 +119,18 @@ def test_a_refinement_model_is_scored_on_the_scans_own_grid_against_its_degraded
     assert "axial slices 0, 4, ... 8" in text and "SR - input" in text
 
 
+def test_measure_model_puts_a_volume_at_a_fixed_grid_models_resolution_in_plane(small_flair):
+    """``--resample N`` with a volume: its in-plane field of view spans N pixels, the slices stay."""
+    from conftest import load_script
+
+    resample = load_script("measure_model")._resampled
+    image = resample(str(small_flair), 32, "axial")
+    assert image.shape == (12, 32, 32)
+    np.testing.assert_allclose(image.spacing, (2.0, 2.0, 1.0))
+    assert "resampled to 32 x 32 px in-plane" in image.path
+    assert resample(str(small_flair), 64, "axial") == str(small_flair)  # already at or below the grid
+
+
 def test_a_radiograph_is_scored_as_its_one_slice(tile_model, tmp_path):
     """A 2D image (a radiograph) is its own one slice: measured on its coarse grid, super-resolved, and
     scored against itself and against bicubic of the measurement (recomputed with PIL)."""

@@ -38,16 +38,22 @@ def _save(results: dict, path: Path) -> None:
     print(f"wrote {path}", flush=True)
 
 
-def _resampled(path: str, pixels: int):
-    """The image at ``path``; a 2D one larger than ``pixels`` resampled as the demo does (anti-aliased)."""
+def _resampled(path: str, pixels: int, plane: str):
+    """The image at ``path`` resampled as the demo does (anti-aliased) where it is larger than ``pixels``:
+    a 2D one so that its longer side spans them, a volume in ``plane`` so that its field of view does
+    (a fixed-grid model's own resolution; the slice spacing is kept)."""
     from LatentSRLib.demo.run import at_model_resolution
     from LatentSRLib.io import read_image
 
     image = read_image(path)
-    if image.ndim != 2 or max(image.shape) <= pixels:
+    in_plane = image.shape if image.ndim == 2 else [n for a, n in enumerate(image.array.shape)
+                                                    if a != image.array_axis_for_plane(plane)]
+    if max(in_plane) <= pixels:
         return path
-    resampled = at_model_resolution(image, "axial", pixels)
-    resampled.path = f"{path} (resampled to {resampled.shape[1]} x {resampled.shape[0]} px)"
+    resampled = at_model_resolution(image, plane, pixels)
+    shape = resampled.shape if image.ndim == 2 else [n for a, n in enumerate(resampled.array.shape)
+                                                     if a != resampled.array_axis_for_plane(plane)]
+    resampled.path = f"{path} (resampled to {shape[1]} x {shape[0]} px in-plane)"
     return resampled
 
 
@@ -78,15 +84,16 @@ def _measure(argv: list[str] | None) -> int:
                              "tile) or anatomy (one window around each slice's anatomy)")
     parser.add_argument("--skip-main", action="store_true", help="only the curves")
     parser.add_argument("--resample", type=int, default=None, metavar="PIXELS",
-                        help="2D images larger than this are first resampled so their longer side spans it "
-                             "(a radiograph model trained at 1024 px: the demo's rule)")
+                        help="images larger than this are first resampled so their longer side (a volume: its "
+                             "in-plane field of view) spans it (a radiograph model trained at 1024 px, a fixed-grid "
+                             "model at its grid: the demo's rule)")
     parser.add_argument("--results-name", default="real_scans", metavar="NAME",
                         help="the main results go to MODEL/results/NAME.json (default real_scans, the card's held-out "
                              "scans; e.g. knee for another domain's scans, a card block of its own)")
     args = parser.parse_args(argv)
     scans = dict(item.split("=", 1) for item in args.scan)
     if args.resample:
-        scans = {name: _resampled(path, args.resample) for name, path in scans.items()}
+        scans = {name: _resampled(path, args.resample, args.plane) for name, path in scans.items()}
     common = {"plane": args.plane, "every": args.every, "first": args.first, "last": args.last, "samples": args.samples, "device": args.device,
               "progress": lambda message: print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)}
     if not args.skip_main:

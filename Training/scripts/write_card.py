@@ -9,7 +9,8 @@ and stores its figures there. Then every block of the model's README.md between
 ``results/*`` (written by ``measure_model.py``; ``validation.csv`` is the training run's
 ``val_log.csv``): ``validation`` (the validation curve), ``real-scans`` (per contrast and overall, both
 operating points, against bicubic, with the paired difference), ``knee`` (the same table for the knee
-series, ``results/knee.json``: another domain, evaluation only), ``targets`` (the reference-model
+series, ``results/knee.json``, and ``knee-NAME`` from ``results/knee-NAME.json``: another domain,
+evaluation only), ``targets`` (the reference-model
 issue's targets, met or not, with the measured values), ``thick-scans`` (a thick-slice model against
 cubic B-spline, from ``measure_thick.py``'s ``thick_scans.json``, with its target), ``steps``
 (quality against sampling steps) and ``demo``. Blocks whose results are missing are left as they are.
@@ -406,8 +407,8 @@ def card_text(folder: Path) -> str:
         results = load_real_scans(folder / "results" / "real_scans.json")
         text = replace_block(text, "real-scans", real_scans_block(results))
         text = replace_block(text, "targets", targets_block(results))
-    if (folder / "results" / "knee.json").is_file():  # another domain's scans (evaluation only)
-        text = replace_block(text, "knee", real_scans_block(load_real_scans(folder / "results" / "knee.json")))
+    for path in sorted((folder / "results").glob("knee*.json")):  # another domain's scans (evaluation only)
+        text = replace_block(text, path.stem, real_scans_block(load_real_scans(path)))
     if (folder / "results" / "thick_scans.json").is_file():
         text = replace_block(text, "thick-scans", thick_scans_block(json.loads((folder / "results" / "thick_scans.json").read_text())))
     if (folder / "results" / "steps.json").is_file():
