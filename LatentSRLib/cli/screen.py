@@ -36,6 +36,9 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cuda, cpu, ...")
     parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the bootstrap")
+    parser.add_argument("--subject-pattern", default=None, metavar="REGEX",
+                        help="regex whose first group in the file name is the subject, when one subject has several "
+                        "files (e.g. 'BraTS-GLI-\\d+-\\d+' for a case's four contrasts); default: one subject per file")
     parser.set_defaults(run=run)
 
 
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(str(exc)) from None
     result = screen_autoencoders(args.inputs, args.vae, args.output, selection=selection,
                                  batch_size=args.batch_size, device=args.device, lpips=not args.no_lpips,
-                                 seed=args.seed)
+                                 seed=args.seed, subject_pattern=args.subject_pattern)
     print((result.outdir / "summary.md").read_text())
     print(f"wrote {result.outdir}")
     return 0

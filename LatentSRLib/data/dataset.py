@@ -45,6 +45,7 @@ __all__ = [
     "assign_splits",
     "check_thick_selection",
     "prepare_dataset",
+    "subject_from_pattern",
 ]
 
 DATASET_FORMAT = "latentsr.dataset"
@@ -108,7 +109,7 @@ def assign_splits(subjects: Sequence[str], rule: SplitRule = SplitRule()) -> dic
     return out
 
 
-def _subject_from_pattern(subject: str, source: Path, pattern: re.Pattern | None) -> str:
+def subject_from_pattern(subject: str, source: Path, pattern: re.Pattern | None) -> str:
     """The subject named by ``pattern``'s first group (or whole match) in the file name, when given."""
     if pattern is None:
         return subject
@@ -223,7 +224,7 @@ def prepare_dataset(
                     if items[0].plane == "image" and task.mode == "thick":
                         raise InputError(f"task {task.name} needs volumes: a 2D image has no thick (through-plane) axis",
                                          source)
-                    subject = _subject_from_pattern(items[0].subject, source, pattern)
+                    subject = subject_from_pattern(items[0].subject, source, pattern)
                     hr = np.stack([s.image for s in items]).astype(np.float32)
                     ids = []
                     for s in items:  # IDs name the file (unique); the subject may group several files

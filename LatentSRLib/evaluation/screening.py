@@ -62,6 +62,7 @@ def screen_autoencoders(
     lpips: bool = True,
     n_resamples: int = 10_000,
     seed: int = 0,
+    subject_pattern: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> ScreenResult:
@@ -76,6 +77,9 @@ def screen_autoencoders(
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cuda"``, ``"cpu"``...
         lpips: compute LPIPS when a network is available (its label is recorded).
         n_resamples, seed: paired bootstrap of the comparisons between autoencoders.
+        subject_pattern: regular expression whose first group (or whole match) in a file name is the
+            subject, when one subject has several files (e.g. the four contrasts of a BraTS case);
+            by default each file is its own subject.
         progress: ``progress(spec, done, total)`` after each batch (default: a tqdm bar).
         log: where one-line messages go (throughput, LPIPS network).
     """
@@ -89,6 +93,17 @@ def screen_autoencoders(
     outdir = Path(outdir)
     _check_outdir(outdir, inputs)
     slices = gather_slices(inputs, selection)
+    if subject_pattern:  # the subject only; the slice IDs (which pair the rows) stay unique per file
+        import re
+        from dataclasses import replace
+
+        from LatentSRLib.data.dataset import subject_from_pattern
+
+        try:
+            pattern = re.compile(subject_pattern)
+        except re.error as exc:
+            raise InputError(f"the subject pattern {subject_pattern!r} is not a regular expression ({exc})") from None
+        slices = [replace(s, subject=subject_from_pattern(s.subject, Path(s.source), pattern)) for s in slices]
     if not slices:
         raise InputError("no slice passed the background rule; check the inputs or lower --min-foreground")
     target = torch.from_numpy(np.stack([s.image for s in slices]))[:, None]  # (N, 1, H, W) in [0, 1]

@@ -57,3 +57,25 @@ def test_screen_refuses_a_foreign_folder(tmp_path, capsys, cxr_png):
     code = main(["screen", str(cxr_png), "--vae", "tiny:nowhere", "-o", str(tmp_path)])
     assert code == 2 and "holds other files" in capsys.readouterr().err
     assert (tmp_path / "thesis.tex").read_text() == "precious"
+
+
+def test_screen_counts_a_case_with_several_files_as_one_subject(tmp_path, capsys, brats_flair, random_monai_vae):
+    """Two contrasts of one case are one subject with ``--subject-pattern``; each file's slices keep
+    their own rows. Without it each file counts as a subject; a broken pattern is one line."""
+    import shutil
+
+    files = [tmp_path / f"case-007-{contrast}.nii.gz" for contrast in ("t1", "t2")]
+    for path in files:
+        shutil.copy(brats_flair, path)
+    base = ["screen", *map(str, files), "--vae", f"monai:{random_monai_vae}", "--max-slices", "2", "--size", "64",
+            "--no-lpips"]
+    assert main([*base, "-o", str(tmp_path / "one"), "--subject-pattern", r"(case-\d+)"]) == 0
+    assert main([*base, "-o", str(tmp_path / "two")]) == 0
+    one, two = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("one", "two"))
+    assert (one["n_images"], one["n_subjects"]) == (4, 1) and (two["n_images"], two["n_subjects"]) == (4, 2)
+    assert "from 1 subject(s)" in (tmp_path / "one" / "summary.md").read_text()
+    rows = list(csv.DictReader((tmp_path / "one" / "per_image.csv").open()))
+    assert len({r["id"] for r in rows}) == 4 and {r["subject"] for r in rows} == {"case-007"}
+    capsys.readouterr()
+    assert main([*base, "-o", str(tmp_path / "bad"), "--subject-pattern", "(case"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
