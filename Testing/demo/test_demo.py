@@ -23,8 +23,9 @@ def card(name: str) -> dict:
 def test_every_shipped_model_has_a_card_and_stays_small():
     folders = sorted(p.parent for p in MODELS.glob("*/config.json"))
     assert folders, "no reference model in Training/models"
-    total = sum(p.stat().st_size for p in MODELS.rglob("*") if p.is_file())
-    assert total <= 30 * 2**20, f"shipped models take {total / 2**20:.1f} MB (budget 30 MB)"
+    # the reference-model issue's budget for every shipped model and autoencoder together
+    total = sum(p.stat().st_size for root in (MODELS, MODELS.parent / "autoencoders") for p in root.rglob("*") if p.is_file())
+    assert total <= 40 * 2**20, f"shipped models and autoencoders take {total / 2**20:.1f} MB (budget 40 MB)"
     for folder in folders:
         info = card(folder.name)
         text = (folder / "README.md").read_text()

@@ -8,7 +8,9 @@ import pytest
 
 from conftest import REPO_ROOT, load_script as _script
 
-MODELS = sorted(p for p in (REPO_ROOT / "Training" / "models").iterdir() if (p / "config.json").is_file())
+# the SR models and the shipped autoencoders: each folder's card has generated blocks
+MODELS = sorted(p for kind in ("models", "autoencoders") for p in (REPO_ROOT / "Training" / kind).iterdir()
+                if (p / "config.json").is_file())
 
 
 @pytest.mark.parametrize("folder", MODELS, ids=[p.name for p in MODELS])

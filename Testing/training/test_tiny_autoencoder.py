@@ -261,3 +261,40 @@ def test_taef2_round_trips_through_the_fine_tuned_folder_format(tmp_path):
     config = json.loads((tmp_path / "copy" / "config.json").read_text())
     assert config["derived_from"]["summary"] == "derived from TAEF2 (MIT)"
     assert config["derived_from"]["sha256"]["encoder"] == file_sha256(folder / "taef2_encoder.pth")
+
+
+@pytest.mark.shared_data
+def test_package_ships_a_fine_tuned_tiny_autoencoder_in_float16_with_its_notice(tmp_path, capsys):
+    """``latentsr package`` on a fine-tuned tiny folder: float16 weights with the published keys, the MIT
+    notice and the record kept, ``weights_dtype`` set; the copy reconstructs a real brain slice as the
+    float32 original does (within 0.05 dB); a folder that is not one is refused in one line."""
+    from LatentSRLib.cli import main
+    from LatentSRLib.autoencoders.diffusers_tiny import save_tiny_autoencoder
+    from LatentSRLib.io import read_image
+
+    taef2 = load_autoencoder(f"tiny:{shared_path('weights', 'taef2')}", latent_stats=None)
+    save_tiny_autoencoder(taef2.network, tmp_path / "tuned", taef2, metadata={"note": "as if fine-tuned"})
+    for role in ("encoder", "decoder"):  # a fine-tuned folder stores float32
+        state = _raw(tmp_path / "tuned", "taef2", role)
+        torch.save({k: v.float() for k, v in state.items()}, tmp_path / "tuned" / f"taef2_{role}.pth")
+    assert main(["package", str(tmp_path / "tuned"), "-o", str(tmp_path / "shipped")]) == 0
+    assert "packaged" in capsys.readouterr().out
+    shipped = tmp_path / "shipped"
+    config = json.loads((shipped / "config.json").read_text())
+    assert config["weights_dtype"] == "float16" and config["metadata"] == {"note": "as if fine-tuned"}
+    assert (shipped / "LICENSE").read_text() == TAESD_MIT_NOTICE
+    for role in ("encoder", "decoder"):
+        half, full = _raw(shipped, "taef2", role), _raw(tmp_path / "tuned", "taef2", role)
+        assert half.keys() == full.keys() and all(v.dtype == torch.float16 for v in half.values())
+    volume = read_image(shared_path("brain", "BraTS-GLI-00001-000-t2f.nii.gz")).array
+    truth = torch.from_numpy(np.clip(volume[70:74, 8:232, 8:232] / np.percentile(volume, 99.5), 0, 1).astype(np.float32))[:, None]
+
+    def psnr(spec: str) -> float:
+        autoencoder = load_autoencoder(spec, latent_stats=None)
+        with torch.no_grad():
+            out = autoencoder.decode(autoencoder.encode(truth)).clamp(0, 1)
+        return float((10 * torch.log10(1 / ((out - truth) ** 2).mean(dim=(1, 2, 3)))).mean())
+
+    assert psnr(f"tiny:{shipped}") == pytest.approx(psnr(f"tiny:{tmp_path / 'tuned'}"), abs=0.05)
+    assert main(["package", str(shared_path("weights", "taef2")), "-o", str(tmp_path / "no")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "no").exists()

@@ -2,6 +2,7 @@
 
     python Training/scripts/write_card.py Training/models/brain-sr4 [--demo]
     python Training/scripts/write_card.py --readme      # the README's demo table, from the demo models' cards
+    python Training/scripts/write_card.py Training/autoencoders/taef2-brain   # a shipped autoencoder's card
 
 ``--demo`` first re-runs the demo case recorded in ``card.json`` (the run ``Testing/demo`` reproduces)
 and stores its figures there. Then every block of the model's README.md between
@@ -12,7 +13,8 @@ operating points, against bicubic, with the paired difference), ``knee`` (the sa
 series, ``results/knee.json``, and ``knee-NAME`` from ``results/knee-NAME.json``: another domain,
 evaluation only), ``targets`` (the reference-model
 issue's targets, met or not, with the measured values), ``thick-scans`` (a thick-slice model against
-cubic B-spline, from ``measure_thick.py``'s ``thick_scans.json``, with its target), ``steps``
+cubic B-spline, from ``measure_thick.py``'s ``thick_scans.json``, with its target), ``screen`` (a
+shipped autoencoder's ceiling beside the others ``latentsr screen`` scored, ``results/screen/``), ``steps``
 (quality against sampling steps) and ``demo``. Blocks whose results are missing are left as they are.
 """
 
@@ -31,6 +33,7 @@ from LatentSRLib.inference.real_scans import load_real_scans, summarise
 from LatentSRLib.io.atomic import atomic_path
 from LatentSRLib.metrics.statistics import paired_comparison
 
+ROOT = Path(__file__).resolve().parents[2]
 RUNS = {"dc": "fidelity end (data consistency, the default)", "no_dc": "detail end (`--no-data-consistency`)"}
 
 
@@ -397,10 +400,50 @@ def models_table(models: Path) -> str:
     return "\n".join(lines)
 
 
+def _is_spec_of(spec: str, folder: Path) -> bool:
+    """Whether an autoencoder spec (as a screen recorded it, relative to the repository root) names ``folder``."""
+    where = spec.partition(":")[2]
+    return bool(where) and (ROOT / where).resolve() == folder.resolve()
+
+
+def screen_block(summary: dict[str, Any], folder: Path) -> str:
+    """A shipped autoencoder's ceiling beside the others ``latentsr screen`` scored on the same slices
+    (``results/screen/summary.json``), and its paired PSNR differences to each of them."""
+    names = {spec: ("**this autoencoder**" if _is_spec_of(spec, folder) else f"`{spec}`") for spec in summary["autoencoders"]}
+    selection = summary["selection"]
+    sources = ", ".join(f"`{Path(s).name}`" for s in summary["sources"])
+    lines = [f"`latentsr screen` on {summary['n_images']} slices of {summary['n_subjects']} held-out subject(s) ({sources}; "
+             f"{selection['plane']}, at most {selection['max_slices_per_source']} per file, {selection['fit']} to "
+             f"{selection['size'][0]} x {selection['size'][1]} pixels), each encoded and decoded ({summary['encoding']}) and "
+             f"scored against the true slice. LPIPS is {summary['lpips_network'] or 'not computed'}; HH1 is the finest "
+             "diagonal Haar subband.", "",
+             "| autoencoder | PSNR (dB) | SSIM | LPIPS | HH1 PSNR (dB) |", "| --- | --- | --- | --- | --- |"]
+    for spec, entry in summary["autoencoders"].items():
+        metrics = entry["metrics"]
+
+        def mean(key: str, digits: int) -> str:
+            return _f(metrics[key]["mean"], digits) if key in metrics else ""
+
+        lines.append(f"| {names[spec]} | {mean('psnr', 2)} | {mean('ssim', 4)} | {mean('lpips', 4)} | {mean('psnr_HH1', 2)} |")
+    lines.append("")
+    for c in summary["comparisons"]:
+        if c["metric"] != "psnr" or not (_is_spec_of(c["a"], folder) or _is_spec_of(c["b"], folder)):
+            continue
+        sign, other = (1, c["b"]) if _is_spec_of(c["a"], folder) else (-1, c["a"])
+        low, high = sorted((sign * c["ci_low"], sign * c["ci_high"]))
+        lines.append(f"- this autoencoder - `{other}`: PSNR {sign * c['mean_difference']:+.2f} dB [95% CI {low:+.2f}, "
+                     f"{high:+.2f}], Wilcoxon p = {c['p_value']:.2g}, n = {c['n']} slices.")
+    return "\n".join(lines)
+
+
 def card_text(folder: Path) -> str:
-    """The model card ``folder/README.md`` with every generated block rewritten from the saved results."""
-    card = json.loads((folder / "card.json").read_text())
+    """The model card ``folder/README.md`` with every generated block rewritten from the saved results
+    (an autoencoder's folder has no ``card.json``: its blocks come from ``results/`` alone)."""
+    card = json.loads((folder / "card.json").read_text()) if (folder / "card.json").is_file() else {}
     text = (folder / "README.md").read_text()
+    if (folder / "results" / "screen" / "summary.json").is_file():
+        text = replace_block(text, "screen", screen_block(json.loads((folder / "results" / "screen" / "summary.json").read_text()),
+                                                          folder))
     if (folder / "results" / "validation.csv").is_file():
         text = replace_block(text, "validation", validation_block(folder / "results" / "validation.csv"))
     if (folder / "results" / "real_scans.json").is_file():
