@@ -23,7 +23,8 @@ def register(subparsers) -> None:
     parser.add_argument("--float32", action="store_true", help="keep the weights in float32")
     parser.add_argument("--autoencoder-from", metavar="PACKAGED_MODEL",
                         help="refer to the autoencoder/ of this packaged model beside OUT instead of copying it "
-                        "(models shipped together, same latent space)")
+                        "(models shipped together, same latent space); a model in a tiny: autoencoder's space may "
+                        "also refer to that autoencoder's shipped folder (e.g. Training/autoencoders/taef2-brain)")
     parser.set_defaults(run=run)
 
 

@@ -197,6 +197,18 @@ def _shared_autoencoder_spec(sibling: Path, target: Path, recorded: Mapping[str,
     return f"monai:../{sibling.name}/autoencoder"
 
 
+def _shared_tiny_spec(folder: Path, target: Path, recorded: Mapping[str, Any]) -> str:
+    """A ``tiny:`` spec relative to ``target`` for the shipped tiny autoencoder ``folder`` (or a packaged
+    model's ``autoencoder/``), checked to hold the weights the model was trained with."""
+    from LatentSRLib.autoencoders import load_autoencoder, weights_fingerprint
+
+    location = folder / "autoencoder" if (folder / "autoencoder" / "config.json").is_file() else folder
+    shared = load_autoencoder(f"tiny:{location}", latent_stats=None)
+    if recorded.get("weights_sha256") and weights_fingerprint(shared) != recorded["weights_sha256"]:
+        raise InputError("this autoencoder is not the one the model was trained with", folder)
+    return "tiny:" + Path(os.path.relpath(location.resolve(), target.resolve().parent / target.name)).as_posix()
+
+
 def _copy_tiny_autoencoder(where: str, destination: Path) -> bool:
     """Copy a ``tiny:`` autoencoder stored on disk into ``destination``; False for a hub id (kept as is)."""
     import shutil
@@ -230,7 +242,9 @@ def package_sr_model(source: str | os.PathLike, target: str | os.PathLike, *, ha
     the TAESD family's MIT notice when its folder has none); other specs (``medvae:`` names, hub
     ids) are kept as they are. With ``share_autoencoder_with`` (a packaged model in the
     same parent folder, trained in the same latent space) the copy is not made: the model refers to
-    ``../<that model>/autoencoder``, so models shipped together store a shared autoencoder once.
+    ``../<that model>/autoencoder``, so models shipped together store a shared autoencoder once; for a
+    ``tiny:`` autoencoder it may also be a shipped autoencoder folder anywhere (e.g.
+    ``Training/autoencoders/taef2-brain``), referred to by its path relative to ``target``.
     With ``half`` the denoiser's floating-point weights are stored as float16 (about half the size;
     they are cast back to float32 on loading) and the config records it. The folder is written
     atomically.
@@ -256,6 +270,8 @@ def package_sr_model(source: str | os.PathLike, target: str | os.PathLike, *, ha
         elif scheme == "monai":
             shutil.copytree(where, staging / "autoencoder")
             recorded["spec"] = "monai:autoencoder"
+        elif scheme == "tiny" and share_autoencoder_with is not None:
+            recorded["spec"] = _shared_tiny_spec(Path(share_autoencoder_with), target, recorded)
         elif scheme == "tiny" and _copy_tiny_autoencoder(where, staging / "autoencoder"):
             recorded["spec"] = "tiny:autoencoder"
         state = load_file(str(source / WEIGHTS_FILE))

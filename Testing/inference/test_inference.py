@@ -580,6 +580,43 @@ def test_a_model_in_taef2_space_packages_with_its_autoencoder_and_the_mit_notice
     assert torch.equal(original.super_resolve(lr).mean, packaged.super_resolve(lr).mean)
 
 
+def test_a_model_in_a_shipped_tiny_autoencoders_space_refers_to_it_instead_of_a_copy(tmp_path, capsys):
+    """``--autoencoder-from`` a shipped tiny autoencoder folder: no copy, a relative spec that still
+    loads when the tree moves as a whole; a folder with other weights is refused in one line."""
+    import shutil
+
+    from conftest import shared_path
+    from LatentSRLib.autoencoders import load_autoencoder
+    from LatentSRLib.autoencoders.diffusers_tiny import package_tiny_autoencoder, save_tiny_autoencoder
+    from LatentSRLib.cli import main
+
+    taef2 = load_autoencoder(f"tiny:{shared_path('weights', 'taef2')}", latent_stats=None)
+    save_tiny_autoencoder(taef2.network, tmp_path / "tuned", taef2)
+    tree = tmp_path / "Training"
+    shipped = package_tiny_autoencoder(tmp_path / "tuned", tree / "autoencoders" / "taef2-x")
+    source = _taef2_space_model(tmp_path / "trained", f"tiny:{shipped}")
+    target = tree / "models" / "sr-x"
+    assert main(["package", str(source), "-o", str(target), "--autoencoder-from", str(shipped), "--float32"]) == 0
+    assert json.loads((target / "config.json").read_text())["autoencoder"]["spec"] == "tiny:../../autoencoders/taef2-x"
+    assert not (target / "autoencoder").exists()
+    lr = torch.rand(1, 1, 64, 64)
+    expected = load_sr_model(source).super_resolve(lr).mean
+    shutil.move(str(tree), tmp_path / "moved")
+    moved = load_sr_model(tmp_path / "moved" / "models" / "sr-x")
+    assert torch.equal(expected, moved.super_resolve(lr).mean)
+    shutil.move(str(tmp_path / "moved"), tree)
+    # the same architecture with other weights is not the model's autoencoder
+    save_tiny_autoencoder(taef2.network, tmp_path / "other", taef2)
+    state = torch.load(tmp_path / "other" / "taef2_decoder.pth", weights_only=True)
+    first = next(iter(state))
+    state[first] = state[first] + 1.0
+    torch.save(state, tmp_path / "other" / "taef2_decoder.pth")
+    capsys.readouterr()
+    assert main(["package", str(source), "-o", str(tmp_path / "refused"), "--autoencoder-from", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err
+    assert "not the one the model was trained with" in err and err.count("\n") == 1 and not (tmp_path / "refused").exists()
+
+
 @pytest.mark.parametrize("given, expected", [("false", False), ("False", False), ("true", True), (False, False), ("0", False)])
 def test_the_bundle_reads_a_yes_no_setting_from_the_command_line_as_meant(given, expected):
     """``--data_consistency false`` arrives from the bundle's command line as the string "false", which
