@@ -29,7 +29,8 @@ from LatentSRLib.io.atomic import atomic_path
 RESULTS_FORMAT = "latentsr.thick_scans"
 
 
-def measure(model_folder: Path, scans: dict[str, str], plane: str = "axial", device: str = "auto") -> dict:
+def measure(model_folder: Path, scans: dict[str, str], plane: str = "axial", device: str = "auto",
+            runs: tuple[str, ...] = ("dc", "no_dc")) -> dict:
     from LatentSRLib.inference.engine import SRSettings, super_resolve_volume
     from LatentSRLib.io import read_image
     from LatentSRLib.metrics.quality import ssim
@@ -54,6 +55,8 @@ def measure(model_folder: Path, scans: dict[str, str], plane: str = "axial", dev
         bspline = bspline_through_plane(thick.array, axis, scale, truth_image.array.shape[axis])
         entry = {"path": str(path), "lr_spacing": list(thick.spacing), "runs": {}}
         for run, consistency in (("dc", True), ("no_dc", False)):
+            if run not in runs:
+                continue
             print(f"{time.strftime('%H:%M:%S')} {name}: data consistency {'on' if consistency else 'off'}", flush=True)
             started = time.perf_counter()
             result = super_resolve_volume(model, thick, reference=truth_image, settings=SRSettings(
@@ -86,10 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plane", default="axial", choices=("axial", "coronal", "sagittal"),
                         help="the plane of the thick slices (default axial)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--runs", default="dc,no_dc", help="the operating points: dc (the default, data consistency), "
+                        "no_dc (the detail end), comma-separated (default both)")
     args = parser.parse_args(argv)
+    runs = tuple(run.strip() for run in args.runs.split(","))
+    if not runs or not set(runs) <= {"dc", "no_dc"}:
+        print(f"measure_thick: --runs takes dc and/or no_dc, not {args.runs!r}", file=sys.stderr)
+        return 2
     scans = dict(item.split("=", 1) for item in args.scan)
     try:
-        results = measure(args.model, scans, args.plane, args.device)
+        results = measure(args.model, scans, args.plane, args.device, runs)
     except LatentSRError as exc:
         print(f"measure_thick: {exc}", file=sys.stderr)
         return 2
