@@ -55,7 +55,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import re
     from dataclasses import replace
     from pathlib import Path
 
@@ -88,11 +87,6 @@ def run(args: argparse.Namespace) -> int:
                                    tile_stride=args.tile_stride)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    try:
-        if args.subject_pattern:
-            re.compile(args.subject_pattern)
-    except re.error as exc:
-        raise InputError(f"--subject-pattern {args.subject_pattern!r} is not a regular expression ({exc})") from None
     dataset = prepare_dataset(args.inputs, args.output, task, selection=selection, planes=planes,
                               split_rule=rule, subject_pattern=args.subject_pattern)
     print(dataset.describe())

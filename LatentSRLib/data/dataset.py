@@ -44,6 +44,7 @@ __all__ = [
     "SplitRule",
     "assign_splits",
     "check_thick_selection",
+    "compile_subject_pattern",
     "prepare_dataset",
     "subject_from_pattern",
 ]
@@ -107,6 +108,20 @@ def assign_splits(subjects: Sequence[str], rule: SplitRule = SplitRule()) -> dic
     for i, subject in enumerate(free):
         out[subject] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
     return out
+
+
+def compile_subject_pattern(text: str | None) -> re.Pattern | None:
+    """The ``--subject-pattern`` regular expression, compiled (None when not given).
+
+    Raises:
+        InputError: ``text`` is not a regular expression.
+    """
+    if not text:
+        return None
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise InputError(f"--subject-pattern {text!r} is not a regular expression ({exc})") from None
 
 
 def subject_from_pattern(subject: str, source: Path, pattern: re.Pattern | None) -> str:
@@ -202,7 +217,7 @@ def prepare_dataset(
     sources = expand_inputs(inputs)
     check_output_folder(outdir, sources, is_ours=lambda folder: (folder / "dataset.json").is_file(),
                         what="LatentSR dataset")
-    pattern = re.compile(subject_pattern) if subject_pattern else None
+    pattern = compile_subject_pattern(subject_pattern)
     started = time.perf_counter()
     rows: list[dict] = []
     source_summaries: list[dict] = []

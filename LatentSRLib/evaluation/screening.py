@@ -94,15 +94,11 @@ def screen_autoencoders(
     _check_outdir(outdir, inputs)
     slices = gather_slices(inputs, selection)
     if subject_pattern:  # the subject only; the slice IDs (which pair the rows) stay unique per file
-        import re
         from dataclasses import replace
 
-        from LatentSRLib.data.dataset import subject_from_pattern
+        from LatentSRLib.data.dataset import compile_subject_pattern, subject_from_pattern
 
-        try:
-            pattern = re.compile(subject_pattern)
-        except re.error as exc:
-            raise InputError(f"the subject pattern {subject_pattern!r} is not a regular expression ({exc})") from None
+        pattern = compile_subject_pattern(subject_pattern)
         slices = [replace(s, subject=subject_from_pattern(s.subject, Path(s.source), pattern)) for s in slices]
     if not slices:
         raise InputError("no slice passed the background rule; check the inputs or lower --min-foreground")

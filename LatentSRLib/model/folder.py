@@ -206,7 +206,7 @@ def _shared_tiny_spec(folder: Path, target: Path, recorded: Mapping[str, Any]) -
     shared = load_autoencoder(f"tiny:{location}", latent_stats=None)
     if recorded.get("weights_sha256") and weights_fingerprint(shared) != recorded["weights_sha256"]:
         raise InputError("this autoencoder is not the one the model was trained with", folder)
-    return "tiny:" + Path(os.path.relpath(location.resolve(), target.resolve().parent / target.name)).as_posix()
+    return "tiny:" + Path(os.path.relpath(location.resolve(), target.resolve())).as_posix()
 
 
 def _copy_tiny_autoencoder(where: str, destination: Path) -> bool:
