@@ -45,15 +45,17 @@ def _resampled(path: str, pixels: int, plane: str):
     from LatentSRLib.demo.run import at_model_resolution
     from LatentSRLib.io import read_image
 
+    def in_plane(image) -> list[int]:  # (rows, columns) of a slice in ``plane``, or of the 2D image
+        if image.ndim == 2:
+            return list(image.shape)
+        return [n for a, n in enumerate(image.array.shape) if a != image.array_axis_for_plane(plane)]
+
     image = read_image(path)
-    in_plane = image.shape if image.ndim == 2 else [n for a, n in enumerate(image.array.shape)
-                                                    if a != image.array_axis_for_plane(plane)]
-    if max(in_plane) <= pixels:
+    if max(in_plane(image)) <= pixels:
         return path
     resampled = at_model_resolution(image, plane, pixels)
-    shape = resampled.shape if image.ndim == 2 else [n for a, n in enumerate(resampled.array.shape)
-                                                     if a != resampled.array_axis_for_plane(plane)]
-    resampled.path = f"{path} (resampled to {shape[1]} x {shape[0]} px in-plane)"
+    rows, columns = in_plane(resampled)
+    resampled.path = f"{path} (resampled to {columns} x {rows} px in-plane)"
     return resampled
 
 
