@@ -45,6 +45,7 @@ __all__ = [
     "assign_splits",
     "check_thick_selection",
     "compile_subject_pattern",
+    "degrade_slices",
     "prepare_dataset",
     "subject_from_pattern",
 ]
@@ -139,7 +140,10 @@ def _noise_seed(task_seed: int, slice_id: str) -> int:
     return (task_seed * 1_000_003 + zlib.crc32(slice_id.encode())) % 2**31
 
 
-def _degrade(task: Task, hr: np.ndarray, ids: Sequence[str]) -> np.ndarray:
+def degrade_slices(task: Task, hr: np.ndarray, ids: Sequence[str]) -> np.ndarray:
+    """The training inputs of ``hr`` (``(N, H, W)`` in [0, 1]): ``task``'s forward operator on each slice,
+    back on the HR grid (rule 5), noise seeded by each slice's ID so that the same slice always gets the
+    same noise; ``(N, H, W)`` float32 in [0, 1]. The one place that makes a dataset's ``lr``."""
     import torch
 
     from LatentSRLib.transforms.degradations import task_degradation  # torch/MONAI only when degrading
@@ -248,7 +252,7 @@ def prepare_dataset(
                         seen[s.id] = s.source
                         ids.append(s.id)
                     try:
-                        lr = _degrade(task, hr, ids)
+                        lr = degrade_slices(task, hr, ids)
                     except (ValueError, RuntimeError) as exc:  # MONAI's Compose wraps errors in RuntimeError
                         cause = exc if isinstance(exc, ValueError) else exc.__cause__
                         if not isinstance(cause, ValueError):

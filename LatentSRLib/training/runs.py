@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from LatentSRLib.errors import InputError, OutputError
 from LatentSRLib.data.dataset import PreparedDataset
 
-__all__ = ["ExportOnCompletion", "ValidateAtStart", "attach_handlers", "flag", "start_run", "trainer_state_handlers"]
+__all__ = ["ExportOnCompletion", "TimeBudget", "ValidateAtStart", "attach_handlers", "flag", "start_run",
+           "trainer_state_handlers"]
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
@@ -77,13 +79,48 @@ class ValidateAtStart:
             self.evaluator.run(max(int(engine.state.epoch), 1))
 
 
+class TimeBudget:
+    """End training after ``minutes`` of wall time (counted from the trainer's start, so not the latent
+    cache), as if ``max_iterations`` had been reached: the weights since the last validation are
+    validated first, so that they can become ``best.pt``, then the trainer stops and the completion
+    handlers export the model. A lent GPU machine runs a command for a fixed time, whatever the
+    iteration rate turns out to be there. ignite's ``TimeLimit`` stops without that last validation,
+    which would throw away up to ``val_interval`` iterations of the run.
+    """
+
+    def __init__(self, minutes: float, evaluator=None, *, val_interval: int | None = None) -> None:
+        if not minutes > 0:
+            raise InputError(f"the time budget must be > 0 minutes, got {minutes}")
+        self.seconds = 60.0 * float(minutes)
+        self.evaluator = evaluator
+        self.val_interval = val_interval
+        self._start: float | None = None
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def _started(self, engine) -> None:
+        self._start = time.monotonic()
+
+    def __call__(self, engine) -> None:
+        if self._start is None or time.monotonic() - self._start < self.seconds:
+            return
+        validated = bool(self.val_interval) and engine.state.iteration % self.val_interval == 0
+        if self.evaluator is not None and not validated:
+            self.evaluator.run(max(int(engine.state.epoch), 1))
+        engine.terminate()
+
+
 def trainer_state_handlers(evaluator, checkpoint_dir: str | os.PathLike, objects, *, val_interval: int,
                            checkpoint_interval: int, resume: bool = True, device="cpu", rank: int = 0,
-                           validate_at_start: bool = False) -> list:
+                           validate_at_start: bool = False, time_limit_minutes: float | None = None) -> list:
     """The handlers a bundle attaches with :func:`attach_handlers`: validation every
     ``val_interval`` iterations (and before the first one with ``validate_at_start``), a progress
     bar (rank 0), ``checkpoints/last.pt`` every ``checkpoint_interval`` iterations, and the resume
-    from ``last.pt`` when there is one.
+    from ``last.pt`` when there is one; with ``time_limit_minutes``, a :class:`TimeBudget`.
 
     Validation runs on every rank: MONAI's metric handlers gather results across processes, so
     each rank scores its shard of the validation set and all of them get the same numbers."""
@@ -97,7 +134,10 @@ def trainer_state_handlers(evaluator, checkpoint_dir: str | os.PathLike, objects
         handlers.append(ProgressBar(persist=True))
     handlers.append(AtomicCheckpoint(checkpoint_dir, objects, save_interval=checkpoint_interval, rank=rank))
     handlers += resume_handlers(checkpoint_dir, objects, resume=resume, map_location=device)
-    return handlers + ([ValidateAtStart(evaluator)] if validate_at_start else [])
+    handlers += [ValidateAtStart(evaluator)] if validate_at_start else []
+    if time_limit_minutes:
+        handlers.append(TimeBudget(float(time_limit_minutes), evaluator, val_interval=val_interval))
+    return handlers
 
 
 class ExportOnCompletion:

@@ -168,6 +168,21 @@ def test_resume_after_a_stop_gives_the_same_model(workspace, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.shared_data
+def test_a_time_budget_stops_validates_and_exports(workspace, tmp_path):
+    # a lent GPU gives a command minutes, not iterations: the run stops at its budget as if it had reached
+    # max_iterations, after validating the weights it stopped with, and exports the model
+    run_dir = tmp_path / "run"
+    run_training(workspace, run_dir, max_iterations=500, val_interval=100, checkpoint_interval=100,
+                 time_limit_minutes=1e-5)
+    losses = read_log(run_dir / "train_log.csv")
+    val = read_log(run_dir / "val_log.csv")
+    assert 1 <= len(losses) < 100
+    assert [r["iteration"] for r in val] == [losses[-1]["iteration"]]  # the stopping weights were scored
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    assert json.loads((run_dir / "model" / "config.json").read_text())["training"]["iterations"] == len(losses)
+
+
+@pytest.mark.shared_data
 def test_ddp_with_two_cpu_processes(workspace, tmp_path):
     epoch = workspace["epoch"]
     run_dir = tmp_path / "ddp"
