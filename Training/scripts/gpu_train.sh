@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# One command that trains the brain 4x SR model in the adapted TAEF2 latent space on a lent GPU machine,
+# One command that trains a brain SR model in the adapted TAEF2 latent space on a lent GPU machine,
 # within a fixed time, from what travels with the repository (no network there).
 #
 #   bash Training/scripts/gpu_train.sh prepare        # here, once: .gpu/ (wheels + the training tiles)
-#   bash Training/scripts/gpu_train.sh run OUT_DIR    # there: train, then OUT_DIR/brain-sr4-taef2.tar.gz
+#   bash Training/scripts/gpu_train.sh run OUT_DIR    # there: train, then OUT_DIR/$MODEL-taef2.tar.gz
 #
+# MODEL (environment) picks the training set, the same for both steps: brain-sr4 (default; 4x in-plane,
+# brain-sr4's tiles) or brain-thick5 (5 mm slices to 1 mm, brain-thick5's tiles).
 # `prepare` needs the repository's virtual environment (.venv, or python on PATH with LatentSR installed)
 # and ../shared/data; it writes .gpu/wheels (the Python packages the GPU image lacks: MONAI, ignite,
-# diffusers, pydicom, PyWavelets, fire; about 15 MiB) and .gpu/brain-sr4-native.npz (brain-sr4's
-# training tiles, HR only, 7.5 MiB: the LR inputs are made again there with the task's own operator).
-# With the tracked files that is about 60 MiB, under the 64 MiB a lent machine takes with a command.
+# diffusers, pydicom, PyWavelets, fire; about 15 MiB) and .gpu/$MODEL.npz (the model's training tiles,
+# HR only: 7.5 MiB for brain-sr4; the LR inputs are made again there with the task's own operator).
+# With the tracked files that is about 60 MiB, under the 64 MiB a lent machine takes with a command:
+# carry .gpu/wheels and the one pack the run needs.
 #
 # `run` trains for GPU_MINUTES (default 6.5) of wall time after the latent cache, validates the last
-# weights, exports the best model and packs it with its logs into OUT_DIR/brain-sr4-taef2.tar.gz.
+# weights, exports the best model and packs it with its logs into OUT_DIR/$MODEL-taef2.tar.gz.
 # Unpack it here and package it as the README's "Training on a GPU" section shows.
 # Overrides (environment): GPU_MINUTES, PRESET (small), BATCH (32), LEARNING_RATE (0.0002), WORKERS (4),
 # LOG_INTERVAL (50), PACK, VAE, WORK (runs/gpu), PYTHON, and EXTRA_ARGS (more bundle options, e.g. "--pixel_crop 8").
@@ -20,17 +23,24 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 GPU_DIR=$ROOT/.gpu
-PACK=${PACK:-$GPU_DIR/brain-sr4-native.npz}
+MODEL=${MODEL:-brain-sr4}
+case "$MODEL" in
+    # the shipped models' own tile recipes (their cards), so that the two latent spaces compare on equal data
+    brain-sr4) PLANES=(--axis axial --axis coronal); TASK=sr4 ;;
+    brain-thick5) PLANES=(--axis coronal --axis sagittal); TASK=thick5 ;;
+    *) echo "gpu_train: MODEL must be brain-sr4 or brain-thick5, not $MODEL" >&2; exit 2 ;;
+esac
+PACK=${PACK:-$GPU_DIR/$MODEL.npz}
 VAE=${VAE:-tiny:$ROOT/Training/autoencoders/taef2-brain}
 PYTHON=${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3 )}
 
 prepare() {
     local data=${SHARED_DATA:-$ROOT/../shared/data}/brain
-    local dataset=$ROOT/runs/brain-sr4-native
+    local dataset=$ROOT/runs/gpu-$MODEL-tiles
     mkdir -p "$GPU_DIR/wheels"
-    if [ ! -f "$dataset/dataset.json" ]; then  # brain-sr4's training tiles (its card's prepare command)
+    if [ ! -f "$dataset/dataset.json" ]; then
         "$PYTHON" -m LatentSRLib.cli prepare "$data"/{niivue-otsu-t1,seg3d-MR-T1,fnndsc-sag-anon-3yo-T1w,studyforrest-example-T1w,niivue-flair,cstar-stroke-T1}.nii.gz \
-            -o "$dataset" --task sr4 --size 128 --fit tile --axis axial --axis coronal --every 3 --max-slices 24 \
+            -o "$dataset" --task "$TASK" --size 128 --fit tile "${PLANES[@]}" --every 3 --max-slices 24 \
             --val 'niivue-flair*' --val 'cstar*' --val-fraction 0 --test-fraction 0
     fi
     "$PYTHON" Training/scripts/pack_dataset.py pack "$dataset" "$PACK" --derive-lr
@@ -74,7 +84,7 @@ run() {
         > "$work/sr/stdout.log" 2>&1 || { tail -n 30 "$work/sr/stdout.log"; echo "gpu_train: training failed" >&2; exit 1; }
     echo "trained and exported in $((SECONDS - started)) s; validation (one step, 64 tiles of the validation subjects):"
     cat "$work/sr/val_log.csv"
-    (cd "$work/sr" && tar -czf "$out/brain-sr4-taef2.tar.gz" model stdout.log $(ls train_log.csv val_log.csv 2>/dev/null))
+    (cd "$work/sr" && tar -czf "$out/$MODEL-taef2.tar.gz" model stdout.log $(ls train_log.csv val_log.csv 2>/dev/null))
     ls -la "$out"
 }
 
