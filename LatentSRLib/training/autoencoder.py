@@ -366,9 +366,7 @@ class ExportAutoencoder(ExportOnCompletion):
         best, last = self.checkpoint_dir / BEST, self.checkpoint_dir / LAST
         source = "final weights"
         best_value = best_iteration = None
-        iterations = int(engine.state.iteration) if engine is not None else None
-        if last.is_file() and engine is None:  # exporting a stopped run: how far it got
-            iterations = int(torch.load(last, map_location="cpu", weights_only=True)["trainer"]["iteration"])
+        iterations = self.trained_iterations(engine, self.checkpoint_dir)
         if best.is_file():
             state = torch.load(best, map_location="cpu", weights_only=True)
             net.load_state_dict(state["network"])

@@ -166,3 +166,18 @@ class ExportOnCompletion:
 
     def _export(self, engine) -> Path:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @staticmethod
+    def trained_iterations(engine, checkpoint_dir: str | os.PathLike) -> int | None:
+        """How far the run got: the trainer's iteration, or, exporting a stopped run (no engine), the one
+        its ``last.pt`` holds (None without one)."""
+        if engine is not None:
+            return int(engine.state.iteration)
+        from LatentSRLib.training.checkpoints import LAST
+
+        last = Path(checkpoint_dir) / LAST
+        if not last.is_file():
+            return None
+        import torch
+
+        return int(torch.load(last, map_location="cpu", weights_only=True)["trainer"]["iteration"])

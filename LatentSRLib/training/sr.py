@@ -391,7 +391,7 @@ class ExportSRModel(ExportOnCompletion):
             sampling=self.sampling,
             data={"folder": str(dataset.folder.resolve()), "counts": info["counts"], "subjects": info["subjects"]},
             training={**self.training, "weights": f"{key} weights, {weights}", "best_val_psnr": best_value,
-                      "iterations": int(engine.state.iteration) if engine is not None else None},
+                      "iterations": self.trained_iterations(engine, self.checkpoint_dir)},
         )
         return self.folder
 

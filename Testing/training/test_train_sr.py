@@ -42,10 +42,10 @@ def workspace(tmp_path_factory, brats_flair, brats_t1):
     return {"dataset": dataset.folder, "vae": f"monai:{root / 'vae'}", "epoch": steps_per_epoch, "root": root}
 
 
-def run_training(workspace, output_dir, **overrides):
+def run_training(workspace, output_dir, run_id="training", **overrides):
     from monai.bundle import run
 
-    run("training", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "train.yaml"),
+    run(run_id, meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "train.yaml"),
         logging_file=str(CONFIGS / "logging.conf"), dataset_dir=str(workspace["dataset"]), vae=workspace["vae"],
         output_dir=str(output_dir), **{**TINY, **overrides})
 
@@ -179,7 +179,18 @@ def test_a_time_budget_stops_validates_and_exports(workspace, tmp_path):
     assert 1 <= len(losses) < 100
     assert [r["iteration"] for r in val] == [losses[-1]["iteration"]]  # the stopping weights were scored
     assert (run_dir / "checkpoints" / "best.pt").is_file()
-    assert json.loads((run_dir / "model" / "config.json").read_text())["training"]["iterations"] == len(losses)
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    assert config["training"]["iterations"] == len(losses)
+
+    # a stopped run's model folder can be written again from its checkpoints without training (`run export`)
+    import shutil
+
+    shutil.rmtree(run_dir / "model")
+    run_training(workspace, run_dir, run_id="export", max_iterations=500, val_interval=100, checkpoint_interval=100)
+    exported = json.loads((run_dir / "model" / "config.json").read_text())
+    assert exported["training"]["iterations"] == len(losses)  # from last.pt
+    assert exported["training"]["weights"] == config["training"]["weights"]  # the same best checkpoint
+    assert len(read_log(run_dir / "train_log.csv")) == len(losses)  # nothing was trained
 
 
 @pytest.mark.shared_data
