@@ -6,13 +6,14 @@
 #   bash Training/scripts/gpu_train.sh run OUT_DIR    # there: train, then OUT_DIR/$MODEL-taef2.tar.gz
 #
 # MODEL (environment) picks the training set, the same for both steps: brain-sr4 (default; 4x in-plane,
-# brain-sr4's tiles) or brain-thick5 (5 mm slices to 1 mm, brain-thick5's tiles).
+# brain-sr4's tiles), brain-thick5 (5 mm slices to 1 mm, brain-thick5's tiles), both in the shipped
+# taef2-brain space, or cxr-sr4 (4x radiographs, cxr-sr4's images, generic TAEF2 carried as .gpu/taef2).
 # `prepare` needs the repository's virtual environment (.venv, or python on PATH with LatentSR installed)
 # and ../shared/data; it writes .gpu/wheels (the Python packages the GPU image lacks: MONAI, ignite,
 # diffusers, pydicom, PyWavelets, fire; about 15 MiB) and .gpu/$MODEL.npz (the model's training tiles,
 # HR only: 7.5 MiB for brain-sr4; the LR inputs are made again there with the task's own operator).
 # With the tracked files that is about 60 MiB, under the 64 MiB a lent machine takes with a command:
-# carry .gpu/wheels and the one pack the run needs.
+# carry .gpu/wheels and the one pack the run needs (and .gpu/taef2 for cxr-sr4).
 #
 # `run` trains for GPU_MINUTES (default 6.5) of wall time after the latent cache, validates the last
 # weights, exports the best model and packs it with its logs into OUT_DIR/$MODEL-taef2.tar.gz.
@@ -24,25 +25,33 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 GPU_DIR=$ROOT/.gpu
 MODEL=${MODEL:-brain-sr4}
+DATA=${SHARED_DATA:-$ROOT/../shared/data}
+BRAIN_SCANS=(niivue-otsu-t1 seg3d-MR-T1 fnndsc-sag-anon-3yo-T1w studyforrest-example-T1w niivue-flair cstar-stroke-T1)
+# the shipped models' own tile recipes (their cards), so that the latent spaces compare on equal data
 case "$MODEL" in
-    # the shipped models' own tile recipes (their cards), so that the two latent spaces compare on equal data
-    brain-sr4) PLANES=(--axis axial --axis coronal); TASK=sr4 ;;
-    brain-thick5) PLANES=(--axis coronal --axis sagittal); TASK=thick5 ;;
-    *) echo "gpu_train: MODEL must be brain-sr4 or brain-thick5, not $MODEL" >&2; exit 2 ;;
+    brain-sr4|brain-thick5)
+        SOURCES=("${BRAIN_SCANS[@]/#/$DATA/brain/}"); SOURCES=("${SOURCES[@]/%/.nii.gz}")
+        SELECT=(--every 3 --max-slices 24 --val 'niivue-flair*' --val 'cstar*')
+        if [ "$MODEL" = brain-sr4 ]; then SELECT+=(--task sr4 --axis axial --axis coronal)
+        else SELECT+=(--task thick5 --axis coronal --axis sagittal); fi
+        VAE=${VAE:-tiny:$ROOT/Training/autoencoders/taef2-brain} ;;
+    cxr-sr4)  # generic TAEF2 (no chest adaptation ships), carried in .gpu/taef2
+        SOURCES=("$DATA"/cxr/nih-cxr14-{0,1,2,3,4}.png "$DATA"/cxr/nih-cxr14-00027426_000.png)
+        SELECT=(--task sr4 --val nih-cxr14-3 --test nih-cxr14-4)
+        VAE=${VAE:-tiny:$GPU_DIR/taef2} ;;
+    *) echo "gpu_train: MODEL must be brain-sr4, brain-thick5 or cxr-sr4, not $MODEL" >&2; exit 2 ;;
 esac
 PACK=${PACK:-$GPU_DIR/$MODEL.npz}
-VAE=${VAE:-tiny:$ROOT/Training/autoencoders/taef2-brain}
 PYTHON=${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3 )}
 
 prepare() {
-    local data=${SHARED_DATA:-$ROOT/../shared/data}/brain
     local dataset=$ROOT/runs/gpu-$MODEL-tiles
     mkdir -p "$GPU_DIR/wheels"
     if [ ! -f "$dataset/dataset.json" ]; then
-        "$PYTHON" -m LatentSRLib.cli prepare "$data"/{niivue-otsu-t1,seg3d-MR-T1,fnndsc-sag-anon-3yo-T1w,studyforrest-example-T1w,niivue-flair,cstar-stroke-T1}.nii.gz \
-            -o "$dataset" --task "$TASK" --size 128 --fit tile "${PLANES[@]}" --every 3 --max-slices 24 \
-            --val 'niivue-flair*' --val 'cstar*' --val-fraction 0 --test-fraction 0
+        "$PYTHON" -m LatentSRLib.cli prepare "${SOURCES[@]}" -o "$dataset" --size 128 --fit tile "${SELECT[@]}" \
+            --val-fraction 0 --test-fraction 0
     fi
+    if [ "$MODEL" = cxr-sr4 ]; then mkdir -p "$GPU_DIR/taef2" && cp -f "$DATA"/weights/taef2/* "$GPU_DIR/taef2/"; fi
     "$PYTHON" Training/scripts/pack_dataset.py pack "$dataset" "$PACK" --derive-lr
     # the GPU image has torch, numpy, scipy, safetensors, huggingface-hub, PyYAML, tensorboard (its package
     # list); these are what LatentSR's training imports beyond them, at the versions installed here
