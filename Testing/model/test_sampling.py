@@ -36,8 +36,10 @@ def test_an_item_depends_on_its_id_and_seed_only(model, lr, sampler):
     torch.manual_seed(12345)  # the global random state plays no part
     alone = torch.cat([sample_sr(model, lr[i : i + 1], [IDS[i]], settings).mean for i in range(len(IDS))])
     reordered = sample_sr(model, lr[[2, 0]], [IDS[2], IDS[0]], settings).mean
-    torch.testing.assert_close(alone, whole, atol=1e-5, rtol=0)
-    torch.testing.assert_close(reordered, whole[[2, 0]], atol=1e-5, rtol=0)
+    # float32 kernels may sum in another order for another batch size (1.03e-5 seen on a 2-core CPU); a
+    # different seed moves the output by far more than this tolerance (checked below)
+    torch.testing.assert_close(alone, whole, atol=5e-5, rtol=0)
+    torch.testing.assert_close(reordered, whole[[2, 0]], atol=5e-5, rtol=0)
     other_seed = sample_sr(model, lr, IDS, SamplingSettings(steps=3, sampler=sampler, seed=8)).mean
     assert float((other_seed - whole).abs().max()) > 1e-3
 
