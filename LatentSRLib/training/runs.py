@@ -106,7 +106,16 @@ class TimeBudget:
         self._start = time.monotonic()
 
     def __call__(self, engine) -> None:
-        if self._start is None or time.monotonic() - self._start < self.seconds:
+        expired = self._start is not None and time.monotonic() - self._start >= self.seconds
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # every rank stops at the same iteration: rank 0's clock
+            import torch
+
+            flag = torch.tensor([float(expired)], device=engine.state.device if dist.get_backend() == "nccl" else "cpu")
+            dist.broadcast(flag, src=0)
+            expired = bool(flag.item())
+        if not expired:
             return
         validated = bool(self.val_interval) and engine.state.iteration % self.val_interval == 0
         if self.evaluator is not None and not validated:
