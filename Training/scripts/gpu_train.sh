@@ -69,6 +69,7 @@ run() {
     local out=${1:?usage: gpu_train.sh run OUT_DIR}
     local work=${WORK:-$ROOT/runs/gpu}
     mkdir -p "$out" "$work/sr"
+    out=$(cd "$out" && pwd)  # relative paths are the repository root's (the script works from there)
     if ! "$PYTHON" -c "import monai, ignite, diffusers, pywt, pydicom, fire" 2>/dev/null; then
         "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/latentsr-site \
             "$GPU_DIR"/wheels/*.whl
