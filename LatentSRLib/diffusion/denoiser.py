@@ -78,6 +78,15 @@ DENOISER_PRESETS: dict[str, dict[str, Any]] = {
         "num_head_channels": 16,
         "norm_num_groups": 8,
     },
+    # 1,318,516 parameters (1,354,832 for TAEF2's 32 latent channels): a shipped model within a size
+    # budget (2.7 MB in float16); wide enough at the first level for a 32-channel latent.
+    "compact": {
+        "channels": (48, 64, 64),
+        "attention_levels": (False, False, True),
+        "num_res_blocks": 1,
+        "num_head_channels": 16,
+        "norm_num_groups": 16,
+    },
     # 9,287,044 parameters: quick experiments on a laptop GPU or CPU.
     "small": {
         "channels": (64, 128, 128, 128),

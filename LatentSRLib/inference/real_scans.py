@@ -207,8 +207,12 @@ def summarise(results: Mapping[str, Any], run: str, scans: Sequence[str] | None 
         values = [row[key] for row in rows if row.get(key) is not None]
         if values:
             summary[key] = float(np.mean(values))
-    if len(rows) >= 2:  # slices of one scan are not independent: the bootstrap resamples within each scan
+    if len(rows) >= 2:
         sr = np.array([row["psnr_sr"] for row in rows], dtype=float)
         lr = np.array([row["psnr_lr"] for row in rows], dtype=float)
-        summary["psnr_gain"] = paired_comparison(sr, lr, strata=[name for name, _ in pairs]).to_dict()
+        # slices of one scan are not independent: the bootstrap resamples within each scan; one image
+        # per scan (radiographs) are independent units, and resampling within each would fix them all
+        names = [name for name, _ in pairs]
+        strata = names if len(set(names)) < len(names) else None
+        summary["psnr_gain"] = paired_comparison(sr, lr, strata=strata).to_dict()
     return summary

@@ -39,7 +39,7 @@ from LatentSRLib.errors import InputError
 from LatentSRLib.io.atomic import atomic_path
 from LatentSRLib.metrics.calibration import CALIBRATION_FILE
 from LatentSRLib.model.config import CONFIG_FILE, MODEL_FORMAT, read_model_config
-from LatentSRLib.model.sampling import DEFAULT_STEPS, SampleSet, SamplingSettings, sample_sr
+from LatentSRLib.model.sampling import DEFAULT_STEPS, SampleSet, SamplingSettings, decoding_of, sample_sr
 from LatentSRLib.transforms.tasks import Task
 
 __all__ = ["SRModel", "load_sr_model", "package_sr_model", "save_sr_model", "MODEL_FORMAT"]
@@ -60,8 +60,10 @@ def save_sr_model(
     sampling: Mapping[str, Any] | None = None,
     data: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
+    decoding: str = "latent",
 ) -> Path:
-    """Write a model folder (weights first, config last, each atomically)."""
+    """Write a model folder (weights first, config last, each atomically); ``decoding``: how its sampled
+    latents become images (:data:`~LatentSRLib.model.sampling.DECODINGS`)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -74,6 +76,7 @@ def save_sr_model(
         "task": dict(task),
         "grid": dict(grid),
         "sampling": dict(sampling or {"sampler": None, "steps": DEFAULT_STEPS}),
+        "decoding": decoding_of({"decoding": decoding}),
         "data": dict(data or {}),
         "training": dict(training or {}),
     }
@@ -147,6 +150,7 @@ def load_sr_model(folder: str | os.PathLike, *, device: str | torch.device = "cp
 
     folder = Path(folder)
     config = read_model_config(folder)
+    decoding_of(config, folder)  # refused before anything heavy is read
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise InputError(f"the model's weights are missing (no {WEIGHTS_FILE})", folder)

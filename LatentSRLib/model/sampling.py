@@ -9,7 +9,16 @@ One batch, exactly::
       -> for k in 0..K-1: start noise of each item from (seed, item id, k) alone
                           -> diffusion.sample (strides the whole schedule, ends clean; rule 3)
                           -> autoencoder.decode
+                             [decoding "lr_residual": + LR - autoencoder.decode(LR latent)]
       -> mean and population std over the K decoded samples
+
+Decoding (the model's ``config["decoding"]``, :data:`DECODINGS`): ``"latent"`` (the default) takes
+the decoded sample as the image, so the image can be no better than the autoencoder's own
+reconstruction (its ceiling). ``"lr_residual"`` adds the decoded sample's difference from the decoded
+LR latent to the LR image itself: the LR band reaches the output exactly, the autoencoder's
+reconstruction error largely cancels in the difference, and the sampled latent contributes only the
+detail it changes (a condition-skip network that predicts no residual returns the LR image). A model
+is trained with the decoding it is sampled with (the pixel loss composes the same way).
 
 Seeds: item ``i``'s sample ``k`` starts from noise drawn by a generator seeded with
 :func:`item_seed` (``seed``, the item's id, ``k``), and the ancestral (``ddpm``) sampler's later
@@ -30,12 +39,32 @@ import torch
 from LatentSRLib.diffusion import DDPM_SAMPLERS, FLOW_SAMPLERS, DDPMObjective, sample
 from LatentSRLib.errors import InputError
 
-__all__ = ["DEFAULT_STEPS", "SampleSet", "SamplingSettings", "item_seed", "sample_sr", "start_noise",
-           "step_generators"]
+__all__ = ["DECODINGS", "DEFAULT_STEPS", "SampleSet", "SamplingSettings", "decoding_of", "item_seed", "lr_offset",
+           "sample_sr", "start_noise", "step_generators"]
 
 #: sampling steps when neither the caller nor the model folder says otherwise
 DEFAULT_STEPS = 50
+#: how a sampled latent becomes the image (the module docstring); models saved before the key: "latent"
+DECODINGS = ("latent", "lr_residual")
 _MODULUS = 2**63 - 1
+
+
+def decoding_of(config: Mapping[str, Any], where=None) -> str:
+    """The model's decoding (``config["decoding"]``, default ``"latent"``), checked.
+
+    Raises:
+        InputError: an unknown decoding (naming ``where``, the model folder).
+    """
+    decoding = config.get("decoding") or "latent"
+    if decoding not in DECODINGS:
+        raise InputError(f"unknown decoding {decoding!r}; this LatentSR knows {', '.join(DECODINGS)}", where)
+    return decoding
+
+
+def lr_offset(autoencoder, lr: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    """What ``"lr_residual"`` decoding adds to a decoded sample: ``LR - decode(LR latent)``, ``(B, 1, H, W)``
+    float32 (``lr`` in [0, 1] on the HR grid, ``condition`` its normalised latent)."""
+    return lr.float() - autoencoder.decode(condition.float()).float()
 
 
 @dataclass(frozen=True)
@@ -127,7 +156,7 @@ def sample_sr(model, lr: torch.Tensor | None, ids: Sequence[str | int], settings
         model: an :class:`~LatentSRLib.model.folder.SRModel` (or anything with its ``denoiser``,
             ``objective``, ``autoencoder`` and ``config``), on the device to compute on.
         lr: ``(B, 1, H, W)`` LR images in [0, 1] on the HR grid, on the model's device; may be None
-            when ``condition`` is given.
+            when ``condition`` is given and the model's decoding is ``"latent"``.
         ids: one stable id per item (strings or integer keys), which seed its noise.
         settings: steps, sampler, K, seed; ``None`` fields take the model's recorded defaults.
         condition: ``(B, C, h, w)`` normalised LR latents already encoded (e.g. a latent cache),
@@ -141,6 +170,11 @@ def sample_sr(model, lr: torch.Tensor | None, ids: Sequence[str | int], settings
     device = condition.device
     if len(ids) != condition.shape[0]:
         raise ValueError(f"{len(ids)} ids for a batch of {condition.shape[0]}")
+    offset = None
+    if decoding_of(model.config, getattr(model, "folder", None)) == "lr_residual":
+        if lr is None:
+            raise ValueError("lr_residual decoding needs the LR images, not only their latents")
+        offset = lr_offset(autoencoder, lr, condition)  # the same for every sample
     images, latents = [], []
     for k in range(settings.samples):
         noise = start_noise(ids, tuple(condition.shape[1:]), settings.seed, k).to(device, condition.dtype)
@@ -150,7 +184,8 @@ def sample_sr(model, lr: torch.Tensor | None, ids: Sequence[str | int], settings
                    generator=step_generators(ids, settings.seed, k) if stochastic else None)
         if keep_latents:
             latents.append(z.float().cpu())
-        images.append(autoencoder.decode(z.float()).float())
+        image = autoencoder.decode(z.float()).float()
+        images.append(image if offset is None else image + offset)
     stack = torch.stack(images)  # (K, B, 1, H, W)
     std = stack.std(0, unbiased=False) if settings.samples > 1 else torch.zeros_like(stack[0])
     return SampleSet(stack.mean(0), std, torch.stack(latents) if keep_latents else None)

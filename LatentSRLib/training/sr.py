@@ -30,7 +30,7 @@ from LatentSRLib.autoencoders.latent_stats import LatentStats
 from LatentSRLib.diffusion import ConditionalDenoiser, build_denoiser, objective_from_dict
 from LatentSRLib.errors import InputError
 from LatentSRLib.model.folder import SRModel, save_sr_model
-from LatentSRLib.model.sampling import SamplingSettings, sample_sr
+from LatentSRLib.model.sampling import SamplingSettings, decoding_of, lr_offset, sample_sr
 from LatentSRLib.transforms.consistency import data_consistent
 from LatentSRLib.transforms.tasks import Task
 from LatentSRLib.data.batches import LoadSlicesd
@@ -114,7 +114,8 @@ def latent_dataset(setup: SRSetup, split: str, *, limit: int | None = None, with
                    hr_images: bool = False):
     """MONAI ``Dataset`` of a split: cached latents, plus the true HR and the LR slices when
     ``with_images`` (validation scores decoded samples against the true HR), or both latents and the
-    true HR slice when ``hr_images`` (training with a pixel loss)."""
+    true HR and LR slices when ``hr_images`` (training with a pixel loss; the LR for ``lr_residual``
+    decoding)."""
     from monai.data import Dataset
     from monai.transforms import Compose
 
@@ -125,7 +126,7 @@ def latent_dataset(setup: SRSetup, split: str, *, limit: int | None = None, with
     if with_images:
         chain.append(LoadSlicesd(setup.dataset, ("hr", "lr")))
     elif hr_images:
-        chain.append(LoadSlicesd(setup.dataset, ("hr",)))
+        chain.append(LoadSlicesd(setup.dataset, ("hr", "lr")))
     return Dataset(items, transform=Compose(chain))
 
 
@@ -193,14 +194,18 @@ class SRTrainStep:
     itself has latent L1 0.64 to the HR latent and decodes at 36.0 dB, while a denoiser trained with
     the latent loss reached latent L1 0.54 and decoded at 31.0 dB (it learns the HR latents' per-channel
     texture statistics, which decode as texture in the wrong places).
+    ``decoding``: how the model's latents become images (:data:`~LatentSRLib.model.sampling.DECODINGS`);
+    with ``"lr_residual"`` the pixel loss scores the image sampling will make, LR + decode(x0 estimate) -
+    decode(LR latent), so the network learns the detail the LR image lacks, not the autoencoder's error.
     Returns ``{"loss": float}`` (and ``"pixel_loss"`` with the pixel term).
     """
 
     def __init__(self, objective: Mapping[str, Any], *, ema: nn.Module | None = None,
                  grad_clip: float | None = 1.0, autoencoder: Autoencoder | None = None,
                  pixel_weight: float = 0.0, pixel_crop: int | None = None, latent_weight: float = 1.0,
-                 warmup_iterations: int = 0) -> None:
+                 warmup_iterations: int = 0, decoding: str = "latent") -> None:
         self.objective = objective_from_dict(objective)
+        self.decoding = decoding_of({"decoding": decoding})
         self.warmup_iterations = int(warmup_iterations)
         if self.warmup_iterations < 0:
             raise ValueError(f"warmup_iterations must be >= 0, got {warmup_iterations}")
@@ -239,6 +244,9 @@ class SRTrainStep:
                 loss, x0_hat = self.objective.training_loss(network, x0, condition, return_x0=True)
                 hr = batch["hr"].to(device, non_blocking=True).float()
                 self.autoencoder.to(device)
+                if self.decoding == "lr_residual":  # |decode(x0) + offset - hr| = |decode(x0) - (hr - offset)|
+                    with torch.no_grad():
+                        hr = hr - lr_offset(self.autoencoder, batch["lr"].to(device, non_blocking=True), condition)
                 decoded, hr = self._pixel_window(x0_hat, hr)
                 pixel = (decoded - hr).abs().mean()
                 loss = self.latent_weight * loss + self.pixel_weight * pixel
@@ -301,8 +309,9 @@ class SREvalStep:
 
     def __init__(self, objective: Mapping[str, Any], autoencoder: Autoencoder, *, steps: int = 20,
                  sampler: str | None = None, ema: nn.Module | None = None, seed: int = 0,
-                 task: Task | None = None) -> None:
+                 task: Task | None = None, decoding: str = "latent") -> None:
         self.objective = objective_from_dict(objective).to_dict()
+        self.decoding = decoding_of({"decoding": decoding})
         self.autoencoder = autoencoder
         self.task = task
         self.settings = SamplingSettings(steps=int(steps), sampler=sampler, samples=1, seed=int(seed))
@@ -313,13 +322,12 @@ class SREvalStep:
         device = engine.state.device
         network = self.ema.module if self.ema is not None else _unwrap(engine.network)
         self.autoencoder.to(device)
-        model = SRModel(None, {"objective": self.objective, "task": self.task.to_dict() if self.task else None},
-                        network, self.autoencoder)
-        with torch.autocast(device.type, enabled=bool(engine.amp)):
-            result = sample_sr(model, None, list(batch["id"]), self.settings,
-                               condition=batch["lr_latent"].to(device))
-        pred = result.mean.float().clamp(0, 1)
+        model = SRModel(None, {"objective": self.objective, "task": self.task.to_dict() if self.task else None,
+                               "decoding": self.decoding}, network, self.autoencoder)
         lr = batch["lr"].to(device)
+        with torch.autocast(device.type, enabled=bool(engine.amp)):
+            result = sample_sr(model, lr, list(batch["id"]), self.settings, condition=batch["lr_latent"].to(device))
+        pred = result.mean.float().clamp(0, 1)
         out = {"pred": pred, "label": batch["hr"].to(device), "lr": lr, "id": batch.get("id")}
         if self.task is not None:
             out["pred_dc"] = data_consistent(pred, lr, self.task)
@@ -339,13 +347,15 @@ class ExportSRModel(ExportOnCompletion):
         sampling: default sampler and steps recorded for inference.
         training: hyper-parameters to record.
         rank: only rank 0 exports.
+        decoding: how the model's latents become images, recorded in its config.
     """
 
     def __init__(self, network: nn.Module, setup: SRSetup, objective: Mapping[str, Any], folder: str | os.PathLike,
                  checkpoint_dir: str | os.PathLike, *, ema: nn.Module | None = None,
                  sampling: Mapping[str, Any] | None = None, training: Mapping[str, Any] | None = None,
-                 rank: int = 0) -> None:
+                 rank: int = 0, decoding: str = "latent") -> None:
         self.network = network
+        self.decoding = decoding_of({"decoding": decoding})
         self.setup = setup
         self.objective = objective_from_dict(objective).to_dict()  # every field written out
         self.folder = Path(folder)
@@ -389,6 +399,7 @@ class ExportSRModel(ExportOnCompletion):
             grid={**info["selection"], "planes": info["planes"], "lr_grid": info["lr_grid"],
                   "pixel_size_mm": info.get("pixel_size_mm")},
             sampling=self.sampling,
+            decoding=self.decoding,
             data={"folder": str(dataset.folder.resolve()), "counts": info["counts"], "subjects": info["subjects"]},
             training={**self.training, "weights": f"{key} weights, {weights}", "best_val_psnr": best_value,
                       "iterations": self.trained_iterations(engine, self.checkpoint_dir)},

@@ -94,7 +94,7 @@ def test_denoiser_config_round_trips_through_json_to_the_same_network():
 
 
 def test_denoiser_bad_arguments_name_the_valid_choices():
-    with pytest.raises(ValueError, match="tiny, small, base, paper"):
+    with pytest.raises(ValueError, match="tiny, compact, small, base, paper"):
         build_denoiser("huge", 4)
     with pytest.raises(ValueError, match="valid keys are channels"):
         build_denoiser("tiny", 4, channel=(8, 16))
@@ -107,7 +107,7 @@ def test_denoiser_bad_arguments_name_the_valid_choices():
     custom = build_denoiser({"channels": (8, 16), "attention_levels": (False, True), "norm_num_groups": 8,
                              "num_head_channels": 8, "num_res_blocks": 1}, 2)
     assert custom.config["preset"] == "custom" and custom.size_multiple == 2
-    assert set(DENOISER_PRESETS) == {"tiny", "small", "base", "paper"}
+    assert set(DENOISER_PRESETS) == {"tiny", "compact", "small", "base", "paper"}
 
 
 # -------------------------------------------------------------------------------------- schedules

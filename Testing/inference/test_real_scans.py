@@ -153,6 +153,36 @@ def test_a_radiograph_is_scored_as_its_one_slice(tile_model, tmp_path):
     assert summarise(results, "no_dc")["n"] == 1
 
 
+def test_radiographs_are_independent_units_in_the_summary_and_the_card(tile_model, tmp_path):
+    """Several radiographs, one slice each: the paired bootstrap resamples the images (resampling within
+    each image would pin every difference and give a zero-width interval), and the card's blocks speak
+    of images and check the chest target (beat bicubic without data consistency) image by image."""
+    from conftest import load_script, shared_path
+
+    scans = {}
+    for name, (row, column) in {"a": (400, 300), "b": (500, 600), "c": (300, 450)}.items():
+        radiograph = read_image(shared_path("cxr", "nih-cxr14-4.png"))
+        crop = np.ascontiguousarray(radiograph.array[row:row + 64, column:column + 64])
+        scans[name] = tmp_path / f"{name}.nii.gz"
+        write_image(MedicalImage(crop, radiograph.spacing, radiograph.origin, radiograph.direction), scans[name])
+    results = evaluate_real_scans(tile_model, scans, steps=1, device="cpu", data_consistency=(False,), lpips=False)
+    summary = summarise(results, "no_dc")
+    differences = sorted(r["psnr_sr"] - r["psnr_lr"] for e in results["scans"].values() for r in e["runs"]["no_dc"]["per_slice"])
+    gain = summary["psnr_gain"]
+    assert summary["n"] == 3 and gain["mean_difference"] == pytest.approx(np.mean(differences))
+    # the bootstrap draws whole images: its interval spans part of the range of the three differences
+    assert differences[0] - 1e-9 <= gain["ci_low"] < gain["ci_high"] <= differences[-1] + 1e-9
+    card = load_script("write_card")
+    text = card.real_scans_block(results)
+    assert "low-resolution radiographs" in text and "| scan | images | bicubic |" in text
+    assert "n = 3 images, each an independent unit" in text
+    targets = card.targets_block(results)
+    above = sum(d >= 0 for d in differences)
+    assert "detail end (no data consistency): PSNR >= bicubic" in targets
+    assert f"at or above bicubic's on {above} of 3 images" in targets
+    assert ("| met |" in targets) == (summary["psnr_sr"] >= summary["psnr_lr"])
+
+
 def test_measure_model_script_says_what_is_wrong_in_one_line(tile_model, tmp_path, capsys):
     """The card-measuring script reports a missing model or an unreadable scan as one line, exit 2,
     and writes no results."""

@@ -100,3 +100,44 @@ def test_every_workflow_samples_through_the_one_path():
                 if any(alias.name in ("sample", "samplers") for alias in node.names):
                     callers.append(str(path.relative_to(package)))
     assert not callers, f"sampling outside LatentSRLib.model.sampling: {callers}"
+
+
+def test_lr_residual_decoding_passes_the_lr_image_through_and_adds_only_the_latent_change(tmp_path, lr):
+    """``"lr_residual"`` decoding: LR + decode(sample) - decode(LR latent). A network that returns the LR
+    latent (an untrained condition-skip net) gives the LR image itself, where plain decoding gives the
+    autoencoder's reconstruction of it; a sample moved away from the LR latent adds exactly its decoded
+    change. An unknown decoding is refused on loading, naming the folder."""
+    import json
+
+    from conftest import ConditionEcho
+
+    folder = make_tiny_sr_model(tmp_path / "m", grid=GRID)
+    config = json.loads((folder / "config.json").read_text())
+    config["objective"]["prediction"] = "x0"  # DDIM's last step then returns the echoed condition exactly
+    config["decoding"] = "lr_residual"
+    (folder / "config.json").write_text(json.dumps(config))
+    model = load_sr_model(folder)
+    model.denoiser = ConditionEcho()
+    settings = SamplingSettings(steps=2, sampler="ddim", samples=2)
+    result = sample_sr(model, lr, IDS, settings)
+    torch.testing.assert_close(result.mean, lr, atol=1e-5, rtol=0)
+    assert float(result.std.abs().max()) < 1e-5
+    reconstruction = model.autoencoder.decode(model.autoencoder.encode(lr))
+    assert float((reconstruction - lr).abs().mean()) > 1e-2  # what plain decoding would have returned
+    model.config["decoding"] = "latent"
+    torch.testing.assert_close(sample_sr(model, lr, IDS, settings).mean, reconstruction, atol=1e-5, rtol=0)
+    # a sample moved by a fixed latent change: the image moves by that change decoded, nothing else
+    shift = 0.3 * torch.randn(1, *model.autoencoder.encode(lr[:1]).shape[1:], generator=torch.Generator().manual_seed(3))
+    model.denoiser = lambda x, t, condition: condition + shift
+    model.config["decoding"] = "lr_residual"
+    moved = sample_sr(model, lr, IDS, SamplingSettings(steps=1, sampler="ddim")).mean
+    condition = model.autoencoder.encode(lr)
+    expected = lr + model.autoencoder.decode(condition + shift) - model.autoencoder.decode(condition)
+    torch.testing.assert_close(moved, expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="needs the LR images"):
+        sample_sr(model, None, IDS, settings, condition=condition)
+    config["decoding"] = "pixel_magic"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="unknown decoding 'pixel_magic'") as error:
+        load_sr_model(folder)
+    assert str(folder) in str(error.value)

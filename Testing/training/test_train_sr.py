@@ -88,7 +88,7 @@ def test_pixel_loss_trains_through_the_frozen_decoder(workspace, tmp_path):
 
     setup = sr_setup(workspace["dataset"], workspace["vae"], batch_size=8)
     items = [latent_dataset(setup, "train", hr_images=True)[i] for i in range(BATCH)]
-    batch = {key: torch.stack([torch.as_tensor(item[key]) for item in items]) for key in ("hr_latent", "lr_latent", "hr")}
+    batch = {key: torch.stack([torch.as_tensor(item[key]) for item in items]) for key in ("hr_latent", "lr_latent", "hr", "lr")}
     assert batch["hr"].shape[1:] == (1, 64, 64)
     torch.manual_seed(1)
     network = make_denoiser("tiny", setup)
@@ -138,11 +138,26 @@ def test_pixel_loss_trains_through_the_frozen_decoder(workspace, tmp_path):
         SRTrainStep(objective, latent_weight=0.0)
     with pytest.raises(ValueError, match="x0 or v"):
         SRTrainStep({**objective, "prediction": "epsilon"}, autoencoder=setup.autoencoder, pixel_weight=1.0)
-    # through the bundle: the term is logged and the weight recorded
+    # lr_residual decoding: the pixel loss scores LR + decode(x0 estimate) - decode(LR latent), the image
+    # sampling will make from that latent (recomputed by hand from the same draw)
+    residual = SRTrainStep(objective, autoencoder=setup.autoencoder, pixel_weight=2.0, decoding="lr_residual")
+    torch.manual_seed(7)
+    out = residual(engine, batch)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        latent, x0_hat = step.objective.training_loss(network, batch["hr_latent"], batch["lr_latent"], return_x0=True)
+        image = batch["lr"] + setup.autoencoder.decode(x0_hat.float()) - setup.autoencoder.decode(batch["lr_latent"])
+        pixel = (image - batch["hr"]).abs().mean()
+    assert out["pixel_loss"] == pytest.approx(float(pixel), rel=1e-5) and abs(float(pixel) - whole_pixel) > 1e-4
+    assert all(p.grad is None for p in setup.autoencoder.parameters())
+    # through the bundle: the term is logged, the weight and the decoding recorded, and the exported
+    # model samples with the decoding it was trained with
     run_dir = tmp_path / "pixel"
-    run_training(workspace, run_dir, max_iterations=2, val_interval=2, checkpoint_interval=2, pixel_loss_weight=1.0)
+    run_training(workspace, run_dir, max_iterations=2, val_interval=2, checkpoint_interval=2, pixel_loss_weight=1.0,
+                 decoding="lr_residual")
     assert all("pixel_loss" in row for row in read_log(run_dir / "train_log.csv"))
-    assert json.loads((run_dir / "model" / "config.json").read_text())["training"]["pixel_loss_weight"] == 1.0
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    assert config["training"]["pixel_loss_weight"] == 1.0 and config["decoding"] == "lr_residual"
 
 
 @pytest.mark.slow
