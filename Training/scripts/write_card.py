@@ -11,7 +11,8 @@ and stores its figures there. Then every block of the model's README.md between
 ``val_log.csv``): ``validation`` (the validation curve), ``real-scans`` (per contrast and overall, both
 operating points, against bicubic, with the paired difference), ``knee`` (the same table for the knee
 series, ``results/knee.json``, and ``knee-NAME`` from ``results/knee-NAME.json``: another domain,
-evaluation only), ``targets`` (the reference-model
+evaluation only), ``real-scans-NAME`` (the same table from ``results/real_scans_NAME.json``: a variant
+of the model on the same scans, e.g. an ablation), ``targets`` (the reference-model
 issue's targets, met or not, with the measured values), ``thick-scans`` (a thick-slice model against
 cubic B-spline, from ``measure_thick.py``'s ``thick_scans.json``, with its target), ``screen`` (a
 shipped autoencoder's ceiling beside the others ``latentsr screen`` scored, ``results/screen/``), ``steps``
@@ -479,6 +480,8 @@ def card_text(folder: Path) -> str:
         text = replace_block(text, "targets", targets_block(results))
     for path in sorted((folder / "results").glob("knee*.json")):  # another domain's scans (evaluation only)
         text = replace_block(text, path.stem, real_scans_block(load_real_scans(path)))
+    for path in sorted((folder / "results").glob("real_scans_*.json")):  # a variant on the same scans (an ablation)
+        text = replace_block(text, path.stem.replace("_", "-"), real_scans_block(load_real_scans(path)))
     if (folder / "results" / "thick_scans.json").is_file():
         text = replace_block(text, "thick-scans", thick_scans_block(json.loads((folder / "results" / "thick_scans.json").read_text())))
     if (folder / "results" / "steps.json").is_file():
