@@ -96,12 +96,13 @@ def evaluate_real_scans(
     ``data_consistency``: the operating points to run; ``tile``, ``overlap`` and ``anatomy_window``: how
     slices are windowed (None: the model's defaults, :class:`~LatentSRLib.inference.engine.SRSettings`).
     Returns the results dictionary (JSON-ready):
-    ``{"format", "model", "settings", "lpips", "scans": {name: {"hr", "lr_shape", "lr_spacing",
+    ``{"format", "model", "settings", "baseline", "decoding", "lpips", "scans": {name: {"hr", "lr_shape", "lr_spacing",
     "runs": {"dc" | "no_dc": {volume metrics, "seconds", "per_slice": [{slice, psnr_sr, psnr_lr,
     ssim_sr, ssim_lr[, lpips_sr, lpips_lr]}]}}}}}``, slice numbers in the original volume.
     """
     from LatentSRLib.inference.engine import SRSettings, super_resolve_volume
     from LatentSRLib.model.folder import load_sr_model
+    from LatentSRLib.model.sampling import decoding_of
     from LatentSRLib.transforms.intensity import IntensityWindow
     from LatentSRLib.transforms.simulation import simulate_coarse_scan
     from LatentSRLib.transforms.slicing import SliceLayout
@@ -129,6 +130,8 @@ def evaluate_real_scans(
                                      else "simulate_coarse_scan (latentsr degrade --coarse-grid)")},
         # what the SR is compared with: the engine's input on the SR grid
         "baseline": "input" if same_grid else "bicubic",
+        # how the model's samples become images: with lr_residual the autoencoder's round trip is no bound
+        "decoding": decoding_of(sr_model.config, model),
         "lpips": None if metric is None else {"name": metric.name, "label": metric.label},
         "scans": {},
     }

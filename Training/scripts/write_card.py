@@ -16,7 +16,8 @@ of the model on the same scans, e.g. an ablation), ``targets`` (the reference-mo
 issue's targets, met or not, with the measured values), ``thick-scans`` (a thick-slice model against
 cubic B-spline, from ``measure_thick.py``'s ``thick_scans.json``, with its target), ``screen`` (a
 shipped autoencoder's ceiling beside the others ``latentsr screen`` scored, ``results/screen/``), ``steps``
-(quality against sampling steps) and ``demo``. Blocks whose results are missing are left as they are.
+(quality against sampling steps), ``validation-NAME`` (``results/validation_NAME.csv``: a variant's
+training run) and ``demo``. Blocks whose results are missing are left as they are.
 """
 
 from __future__ import annotations
@@ -89,9 +90,14 @@ def real_scans_block(results: dict[str, Any]) -> str:
                    f"{first['lr_spacing'][0]:g} x {first['lr_spacing'][1]:g} mm, made with `latentsr degrade --coarse-grid`) "
                    f"super-resolved by the engine of `latentsr sr` with {steps}, on {_slice_numbers(settings, first)} "
                    f"(those with anatomy scored), against the true 1 mm slices in the scan's intensity window.")
-    lines = [f"{opening} Cells: PSNR (dB) / SSIM / LPIPS; LPIPS is {lpips}.",
-             "The last column is the autoencoder's own encode-decode of the true slices (the ceiling of the "
-             "sampled image, not an SR method; PSNR of the whole volume).",
+    whole = "PSNR of each whole image" if radiographs else "PSNR of the whole volume"
+    if results.get("decoding") == "lr_residual":
+        ceiling = (f"The last column is the autoencoder's own encode-decode of the true {unit}s (not an SR method; {whole}); "
+                   "this model decodes the change it makes to the LR image (`decoding: lr_residual`), so it is no bound here.")
+    else:
+        ceiling = (f"The last column is the autoencoder's own encode-decode of the true {unit}s (the ceiling of the "
+                   f"sampled image, not an SR method; {whole}).")
+    lines = [f"{opening} Cells: PSNR (dB) / SSIM / LPIPS; LPIPS is {lpips}.", ceiling,
              "", f"| scan | {unit}s | {baseline} | " + " | ".join(RUNS.values()) + " | autoencoder ceiling (dB) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, entry in results["scans"].items():
@@ -474,6 +480,8 @@ def card_text(folder: Path) -> str:
                                                           folder))
     if (folder / "results" / "validation.csv").is_file():
         text = replace_block(text, "validation", validation_block(folder / "results" / "validation.csv"))
+    for path in sorted((folder / "results").glob("validation_*.csv")):  # a variant's training run (an ablation)
+        text = replace_block(text, path.stem.replace("_", "-"), validation_block(path))
     if (folder / "results" / "real_scans.json").is_file():
         results = load_real_scans(folder / "results" / "real_scans.json")
         text = replace_block(text, "real-scans", real_scans_block(results))
