@@ -35,8 +35,7 @@ def register(subparsers) -> None:
     parser.add_argument("--samples", type=positive_int, default=2, help="samples per slice (2+ give the uncertainty map)")
     parser.add_argument("--data-consistency", action=argparse.BooleanOptionalAction, default=None,
                         help="project the SR onto the measured input, so that degrading it reproduces the input "
-                        "(default: each case's own: on for the brain cases, the fidelity end; off for the chest, whose SR "
-                        "alone beats bicubic; --no-data-consistency shows the detail end)")
+                        "(default: on, the fidelity end; --no-data-consistency shows the detail end)")
     parser.add_argument("--device", default="auto", help="auto, cuda, cpu, ...")
     parser.add_argument("--native", action="store_true",
                         help="keep the scan's own resolution with a fixed-grid model (models that work at the scan's "

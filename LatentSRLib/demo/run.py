@@ -12,8 +12,7 @@ Three cases, each with a scan that ships in a registry package (none seen by a m
 * ``chest``: the computed radiograph ``RG1_UNCI.dcm`` of ``pydicom-data`` (MIT), resampled to the
   1024-pixel size of NIH ChestX-ray14 on which ``cxr-sr4`` was trained, super-resolved tile by tile.
 
-The brain cases project the SR onto the measured input (data consistency), the fidelity end a reader
-reviews; the chest case shows the SR alone, which beats bicubic there without the projection.
+All project the SR onto the measured input (data consistency), the fidelity end a reader reviews.
 
 Any other volume or image can be given instead.
 """
@@ -69,9 +68,9 @@ DEMO_CASES: dict[str, DemoCase] = {
     "brain": DemoCase("brain", "brain-sr4", data_consistency=True),
     # 80 slices of 1 mm are 16 thick slices of 5 mm: enough slice axis to refine (its card's run)
     "thick": DemoCase("brain-thick", "brain-thick5", data_consistency=True, slices=80),
-    # NIH ChestX-ray14 images are 1024 x 1024; cxr-sr4 decodes the change it makes to the LR image, so
-    # the SR alone, without the projection, is what beats bicubic there (its card)
-    "chest": DemoCase("chest-xray", "cxr-sr4", image_size=1024, data_consistency=False, scan="chest"),
+    # NIH ChestX-ray14 images are 1024 x 1024. cxr-sr4's SR alone beats bicubic on most held-out
+    # radiographs but not on this whole (15-bit, smoother) one, so the demo keeps the projection (its card)
+    "chest": DemoCase("chest-xray", "cxr-sr4", image_size=1024, data_consistency=True, scan="chest"),
 }
 
 

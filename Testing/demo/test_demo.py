@@ -50,14 +50,14 @@ def run_like_card(info: dict, out) -> dict:
 def test_demo_end_to_end_reproduces_the_model_cards(tmp_path, capsys):
     brain, chest = card(DEMO_CASES["brain"].model)["demo"], card(DEMO_CASES["chest"].model)["demo"]
     assert (brain["steps"], brain["samples"]) == (chest["steps"], chest["samples"])  # one command runs both
-    # each case at its own operating point, the one its card records (the chest without the projection)
+    # each case at its own operating point, the one its card records
     assert brain["data_consistency"] == DEMO_CASES["brain"].data_consistency
-    assert chest["data_consistency"] == DEMO_CASES["chest"].data_consistency is False
+    assert chest["data_consistency"] == DEMO_CASES["chest"].data_consistency
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--case", "brain", "--case", "chest", "--slices", str(brain["slices"]), "--crop", str(chest["crop"]),
                  "--samples", str(brain["samples"]), "--steps", str(brain["steps"])]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("montage:") == 2 and "| LatentSR (brain-sr4 + data consistency) |" in printed and "| LatentSR (cxr-sr4) |" in printed
+    assert printed.count("montage:") == 2 and "| LatentSR (brain-sr4 + data consistency) |" in printed and "| LatentSR (cxr-sr4 + data consistency) |" in printed
     assert (out / "metrics.md").is_file()
     for case, recorded in (("brain", brain), ("chest", chest)):
         folder = out / DEMO_CASES[case].name
