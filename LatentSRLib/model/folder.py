@@ -39,7 +39,7 @@ from LatentSRLib.errors import InputError
 from LatentSRLib.io.atomic import atomic_path
 from LatentSRLib.metrics.calibration import CALIBRATION_FILE
 from LatentSRLib.model.config import CONFIG_FILE, MODEL_FORMAT, read_model_config
-from LatentSRLib.model.sampling import DEFAULT_STEPS, SampleSet, SamplingSettings, decoding_of, sample_sr
+from LatentSRLib.model.sampling import DEFAULT_STEPS, SampleSet, SamplingSettings, check_decoding, decoding_of, sample_sr
 from LatentSRLib.transforms.tasks import Task
 
 __all__ = ["SRModel", "load_sr_model", "package_sr_model", "save_sr_model", "MODEL_FORMAT"]
@@ -76,7 +76,7 @@ def save_sr_model(
         "task": dict(task),
         "grid": dict(grid),
         "sampling": dict(sampling or {"sampler": None, "steps": DEFAULT_STEPS}),
-        "decoding": decoding_of({"decoding": decoding}),
+        "decoding": check_decoding(decoding),
         "data": dict(data or {}),
         "training": dict(training or {}),
     }

@@ -39,7 +39,7 @@ import torch
 from LatentSRLib.diffusion import DDPM_SAMPLERS, FLOW_SAMPLERS, DDPMObjective, sample
 from LatentSRLib.errors import InputError
 
-__all__ = ["DECODINGS", "DEFAULT_STEPS", "SampleSet", "SamplingSettings", "decoding_of", "item_seed", "lr_offset",
+__all__ = ["DECODINGS", "DEFAULT_STEPS", "SampleSet", "SamplingSettings", "check_decoding", "decoding_of", "item_seed", "lr_offset",
            "sample_sr", "start_noise", "step_generators"]
 
 #: sampling steps when neither the caller nor the model folder says otherwise
@@ -49,16 +49,21 @@ DECODINGS = ("latent", "lr_residual")
 _MODULUS = 2**63 - 1
 
 
-def decoding_of(config: Mapping[str, Any], where=None) -> str:
-    """The model's decoding (``config["decoding"]``, default ``"latent"``), checked.
+def check_decoding(decoding: str | None, where=None) -> str:
+    """``decoding`` (None: ``"latent"``) if it is one of :data:`DECODINGS`.
 
     Raises:
         InputError: an unknown decoding (naming ``where``, the model folder).
     """
-    decoding = config.get("decoding") or "latent"
+    decoding = decoding or "latent"
     if decoding not in DECODINGS:
         raise InputError(f"unknown decoding {decoding!r}; this LatentSR knows {', '.join(DECODINGS)}", where)
     return decoding
+
+
+def decoding_of(config: Mapping[str, Any], where=None) -> str:
+    """The model's decoding (``config["decoding"]``, default ``"latent"``), checked (:func:`check_decoding`)."""
+    return check_decoding(config.get("decoding"), where)
 
 
 def lr_offset(autoencoder, lr: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:

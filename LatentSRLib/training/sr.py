@@ -30,7 +30,7 @@ from LatentSRLib.autoencoders.latent_stats import LatentStats
 from LatentSRLib.diffusion import ConditionalDenoiser, build_denoiser, objective_from_dict
 from LatentSRLib.errors import InputError
 from LatentSRLib.model.folder import SRModel, save_sr_model
-from LatentSRLib.model.sampling import SamplingSettings, decoding_of, lr_offset, sample_sr
+from LatentSRLib.model.sampling import SamplingSettings, check_decoding, lr_offset, sample_sr
 from LatentSRLib.transforms.consistency import data_consistent
 from LatentSRLib.transforms.tasks import Task
 from LatentSRLib.data.batches import LoadSlicesd
@@ -205,7 +205,7 @@ class SRTrainStep:
                  pixel_weight: float = 0.0, pixel_crop: int | None = None, latent_weight: float = 1.0,
                  warmup_iterations: int = 0, decoding: str = "latent") -> None:
         self.objective = objective_from_dict(objective)
-        self.decoding = decoding_of({"decoding": decoding})
+        self.decoding = check_decoding(decoding)
         self.warmup_iterations = int(warmup_iterations)
         if self.warmup_iterations < 0:
             raise ValueError(f"warmup_iterations must be >= 0, got {warmup_iterations}")
@@ -311,7 +311,7 @@ class SREvalStep:
                  sampler: str | None = None, ema: nn.Module | None = None, seed: int = 0,
                  task: Task | None = None, decoding: str = "latent") -> None:
         self.objective = objective_from_dict(objective).to_dict()
-        self.decoding = decoding_of({"decoding": decoding})
+        self.decoding = check_decoding(decoding)
         self.autoencoder = autoencoder
         self.task = task
         self.settings = SamplingSettings(steps=int(steps), sampler=sampler, samples=1, seed=int(seed))
@@ -355,7 +355,7 @@ class ExportSRModel(ExportOnCompletion):
                  sampling: Mapping[str, Any] | None = None, training: Mapping[str, Any] | None = None,
                  rank: int = 0, decoding: str = "latent") -> None:
         self.network = network
-        self.decoding = decoding_of({"decoding": decoding})
+        self.decoding = check_decoding(decoding)
         self.setup = setup
         self.objective = objective_from_dict(objective).to_dict()  # every field written out
         self.folder = Path(folder)

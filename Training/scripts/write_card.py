@@ -60,6 +60,11 @@ def _gain_line(run: str, gain: dict[str, Any], baseline: str, radiographs: bool 
             f"[95% CI {gain['ci_low']:+.2f}, {gain['ci_high']:+.2f}], Wilcoxon p = {gain['p_value']:.2g}, {units}.")
 
 
+def _radiographs(results: dict[str, Any]) -> bool:
+    """Whether real-scan results are of 2D images (radiographs): each its own one slice, an independent unit."""
+    return len(next(iter(results["scans"].values()))["lr_shape"]) == 2
+
+
 def _slice_numbers(settings: dict[str, Any], first: dict[str, Any]) -> str:
     return f"{settings.get('plane', 'axial')} slices {first['slices'][0]}, {first['slices'][0] + settings['every']}, ... {first['slices'][-1]}"
 
@@ -72,7 +77,7 @@ def real_scans_block(results: dict[str, Any]) -> str:
     lpips = results["lpips"]["label"] if results["lpips"] else "not available"
     baseline = results.get("baseline", "bicubic")
     steps = f"{settings['steps'] or 'the default'} steps and {settings['samples']} sample(s)"
-    radiographs = len(first["lr_shape"]) == 2  # 2D images: each its own one slice, an independent unit
+    radiographs = _radiographs(results)
     unit = "image" if radiographs else "slice"
     if radiographs:
         sizes = sorted({f"{e['lr_shape'][1]} x {e['lr_shape'][0]}" for e in results["scans"].values()})
@@ -126,7 +131,7 @@ def targets_block(results: dict[str, Any]) -> str:
     def check(label: str, value: float, bound: float, ok: bool) -> None:
         rows.append(f"| {label} | {value:.3f} | {bound:.3f} | {'met' if ok else '**not met**'} |")
 
-    if len(next(iter(results["scans"].values()))["lr_shape"]) == 2:
+    if _radiographs(results):
         check("detail end (no data consistency): PSNR >= bicubic", detail["psnr_sr"], detail["psnr_lr"],
               detail["psnr_sr"] >= detail["psnr_lr"])
         if "lpips_sr" in detail:
@@ -382,7 +387,7 @@ def _held_out(folder: Path, card: dict[str, Any]) -> str:
         fidelity = summarise(results, "dc")
         detail = summarise(results, "no_dc") if all("no_dc" in e["runs"] for e in results["scans"].values()) else None
         first = next(iter(results["scans"].values()))
-        if len(first["lr_shape"]) == 2:
+        if _radiographs(results):
             return (f"real {results['settings']['scale']}x radiographs ({', '.join(results['scans'])}; {fidelity['n']} images): "
                     f"{fidelity['psnr_sr']:.2f} at its defaults (bicubic {fidelity['psnr_lr']:.2f}"
                     + (f"; {detail['psnr_sr']:.2f} without data consistency)" if detail else ")"))
